@@ -70,3 +70,59 @@ def check_state(name: str, state, q, v) -> None:
     want = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
     if tuple(state.shape) != want:
         raise ValueError(f"{name}: initial_state must be [batch, heads, dk, dv] = {want}; got {tuple(state.shape)}")
+
+
+@jax.custom_vjp
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+    """(I + A)^-1 for strictly lower-triangular A [..., C, C] (C a power of two, or <= 16), in float32.
+
+    jax.scipy.linalg.solve_triangular is slow on CPU for many small matrices and slower still in its gradient, so
+    this inverts 16x16 diagonal blocks by forward substitution and merges pairs of blocks with
+    [[T11, 0], [T21, T22]], T21 = -T22 A21 T11 (16 -> 32 -> 64). The gradient is matmuls only (below).
+    """
+    return _unit_lower_inverse(a)
+
+
+def _unit_lower_inverse(a):
+    c = a.shape[-1]
+    b = min(16, c)
+    if c % b or (c // b) & (c // b - 1):
+        raise ValueError(f"chunk size must be <= 16 or a power of two, got {c}")
+    hi = lax.Precision.HIGHEST
+    nb = c // b
+    diag = jnp.stack([a[..., i * b:(i + 1) * b, i * b:(i + 1) * b] for i in range(nb)], axis=-3)
+    t = jnp.broadcast_to(jnp.eye(b, dtype=a.dtype), diag.shape)
+    for i in range(1, b):  # row i of (I + A)^-1 = e_i - A[i, :] @ T (rows >= i of T are still identity rows)
+        row = -jnp.einsum("...j,...jk->...k", diag[..., i, :], t, precision=hi)
+        t = t.at[..., i, :].set(row.at[..., i].add(1.0))
+    s = b
+    while s < c:
+        merged = []
+        for p in range(t.shape[-3] // 2):
+            t11, t22 = t[..., 2 * p, :, :], t[..., 2 * p + 1, :, :]
+            r0 = 2 * p * s
+            a21 = a[..., r0 + s:r0 + 2 * s, r0:r0 + s]
+            t21 = -jnp.einsum("...ij,...jk,...kl->...il", t22, a21, t11, precision=hi)
+            top = jnp.concatenate([t11, jnp.zeros_like(t11)], axis=-1)
+            bottom = jnp.concatenate([t21, t22], axis=-1)
+            merged.append(jnp.concatenate([top, bottom], axis=-2))
+        t = jnp.stack(merged, axis=-3)
+        s *= 2
+    return t[..., 0, :, :]
+
+
+def _uli_fwd(a):
+    t = _unit_lower_inverse(a)
+    return t, t
+
+
+def _uli_bwd(t, g):
+    # T = (I + A)^-1  =>  dT = -T dA T  =>  dL/dA = -T^T G T^T, restricted to A's strictly lower part.
+    hi = lax.Precision.HIGHEST
+    tt = jnp.swapaxes(t, -1, -2)
+    grad = -jnp.einsum("...ij,...jk,...kl->...il", tt, g, tt, precision=hi)
+    c = t.shape[-1]
+    return (jnp.where(jnp.tril(jnp.ones((c, c), bool), -1), grad, 0.0),)
+
+
+unit_lower_inverse.defvjp(_uli_fwd, _uli_bwd)

@@ -211,3 +211,17 @@ def test_registered_kernel_is_chosen_and_can_be_forced_off(monkeypatch):
     big = jnp.zeros((1, 4, 1, 64))
     ops.simple_gla(big, big, big, jnp.zeros((1, 4, 1)))  # applies() refuses dk=64: falls back to XLA
     assert calls == [1]
+
+
+@pytest.mark.parametrize("c", [16, 64])
+def test_unit_lower_inverse_matches_solve_and_its_gradient(c):
+    from pallas_kernels.common import unit_lower_inverse
+    ks = jax.random.split(fresh_key(), 2)
+    a = jnp.tril(jax.random.normal(ks[0], (3, c, c)) * 0.3, -1)
+    eye = jnp.eye(c)
+    want = jax.scipy.linalg.solve_triangular(eye + a, jnp.broadcast_to(eye, a.shape), lower=True)
+    assert rel_rms(unit_lower_inverse(a), want) <= FP32_TOL
+    g = jax.random.normal(ks[1], a.shape)
+    ga = jax.grad(lambda x: jnp.sum(unit_lower_inverse(x) * g))(a)
+    gb = jax.grad(lambda x: jnp.sum(jnp.linalg.inv(eye + jnp.tril(x, -1)) * g))(a)
+    assert rel_rms(ga, gb) <= 1e-4

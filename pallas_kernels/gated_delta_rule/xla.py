@@ -16,7 +16,6 @@ and only these two small products run sequentially over chunks (lax.scan carryin
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -68,9 +67,8 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, 
     kb = kf * bc[..., None]
     if gamma is not None:
         kb = kb * gamma[..., None]
-    eye = jnp.eye(c, dtype=f32)
     rhs = jnp.concatenate([vb, kb], axis=-1)
-    sol = jax.scipy.linalg.solve_triangular(eye + a_mat, rhs, lower=True, unit_diagonal=True)
+    sol = common.mm("bhnij,bhnjd->bhnid", common.unit_lower_inverse(a_mat), rhs, lax.Precision.HIGHEST)
     u_free, w = sol[..., :dv], sol[..., dv:]  # U = u_free - W S_0
 
     qs = qc.astype(f32) * scale
