@@ -34,8 +34,8 @@ setup(
         "tpu": ["jax[tpu]>=0.11,<0.12"],
         "hf": ["datasets>=3.0"],
         "postgres": ["psycopg[binary]>=3.2"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.13,<0.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.13,<0.5", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["aira-train=aira_jax.train.__main__:run"]},
 )
