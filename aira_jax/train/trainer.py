@@ -119,6 +119,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
     eval_batches = builders.make_eval_batches(
         config.data, tokenizer, seq_len=tc.seq_len,
         batch_size=tc.eval_batch_size or tc.global_batch, num_batches=tc.eval_batches)
+  unigram = _unigram_entropy(eval_batches)
+  if unigram is not None:
+    logging.info('Validation targets: unigram entropy %.4f nats/token (the loss of a context-free model)',
+                 unigram)
 
   # Resume or start.
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -266,6 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       'final_train_loss': final_loss,
       'final_val_loss': last_eval.get('val_loss'),
       'final_val_bpb': last_eval.get('val_bpb'),
+      'val_unigram_entropy': unigram,
       'steps': step,
       'tokens': step * tokens_per_step,
       'wall_seconds': elapsed(),
@@ -284,6 +289,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       json.dump(summary, f, indent=2, default=str)
   logging.info('Summary: %s', summary)
   return summary
+
+
+def _unigram_entropy(eval_batches: list[dict]) -> float | None:
+  """Entropy (nats/token) of the empirical unigram distribution of the weighted validation targets.
+
+  The yardstick a trained model must beat: the loss of the best model that ignores context.
+  """
+  counts: dict[int, float] = {}
+  for b in eval_batches:
+    targets = np.asarray(b['tokens'])[:, 1:].ravel()
+    weights = np.asarray(b['weights'], np.float64).ravel()
+    ids, inv = np.unique(targets, return_inverse=True)
+    sums = np.bincount(inv, weights=weights)
+    for i, w in zip(ids.tolist(), sums.tolist()):
+      counts[i] = counts.get(i, 0.0) + w
+  total = sum(counts.values())
+  if total <= 0:
+    return None
+  p = np.array([c for c in counts.values() if c > 0]) / total
+  return float(-(p * np.log(p)).sum())
 
 
 def _check_batch(tc: Any, mesh: Any, process_count: int) -> None:
