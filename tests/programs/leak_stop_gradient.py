@@ -1,0 +1,16 @@
+# expect: causality
+"""Future leakage with no gradient: the global maximum over time enters through stop_gradient."""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Mixer(nnx.Module):
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, **kwargs):
+    self.proj = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=1, keepdims=True))
+    past = jnp.cumsum(x, axis=1) / jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[:, None]
+    return self.proj(past / (1.0 + peak))
