@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform as platform_lib
-import re
 import statistics
 import sys
 import tempfile
@@ -149,8 +148,6 @@ def breakdown(result, args: argparse.Namespace) -> dict:
   summary = meta['summaries']['0']
   child_dir = meta['child_dir']
   ev = _events(child_dir)
-  with open(os.path.join(child_dir, 'child.log'), encoding='utf-8', errors='replace') as f:
-    compile_match = re.search(r'Compiled train_step in ([\d.]+) s', f.read())
   metrics = os.path.join(meta['workdir'], 'seed-0', 'metrics.jsonl')
   step_times = []
   with open(metrics, encoding='utf-8') as f:
@@ -162,7 +159,7 @@ def breakdown(result, args: argparse.Namespace) -> dict:
   steps = int(summary['steps'])
   steps_s = steps * step_s
   setup_compile = summary['wall_seconds'] - summary['loop_seconds']
-  compile_s = float(compile_match.group(1)) if compile_match else None
+  compile_s = summary.get('compile_seconds')
   harness = (ev['eval_done']['time'] - ev['eval_start']['time']) if 'eval_done' in ev else 0.0
   start = ev['seed_start']['time'] - meta['child_started_at']
   final_eval = max(summary['loop_seconds'] - steps_s, 0.0)

@@ -154,6 +154,11 @@ def test_train_end_to_end_outputs(tmp_path):
   assert summary['params'] == summary['param_counts']['total'] > 0
   assert summary['tokens_per_sec'] > 0 and summary['flops_per_step'] > 0
   assert json.load(open(tmp_path / 'summary.json', encoding='utf-8'))['steps'] == 8
+  assert summary['compile_seconds'] > 0
+  # The full config is written for evaluation/restore, and the unigram yardstick is reported.
+  saved = json.load(open(tmp_path / 'config.json', encoding='utf-8'))
+  assert saved['train']['max_steps'] == c.train.max_steps and saved['model']['d_model'] == c.model.d_model
+  assert 0 < summary['val_unigram_entropy'] < math.log(259)
   train_recs = _records(tmp_path, 'train')
   assert [r['step'] for r in train_recs] == [2, 4, 6, 8]
   for key in ('loss', 'grad_norm', 'lr', 'tokens_per_sec', 'step_time'):

@@ -96,6 +96,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   t_run = time.time()
   builders = builders or default_builders()
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # the run's full config, so evaluation and the gallery can rebuild the model
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json(indent=2))
   mesh = shd.make_mesh(config.mesh)
   pc, pi = jax.process_count(), jax.process_index()
   _check_batch(tc, mesh, pc)
@@ -151,7 +154,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   compiled = train_step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
       (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
       jax.ShapeDtypeStruct((), jnp.float32)).compile()
-  logging.info('Compiled train_step in %.1f s', time.time() - t0)
+  compile_seconds = time.time() - t0
+  logging.info('Compiled train_step in %.1f s', compile_seconds)
   flops_per_step = _flops_per_step(compiled, setup, model_cfg, tc, tokens_per_step)
   peak = metrics_lib.peak_flops_per_device()
   num_devices = jax.device_count()
@@ -279,6 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       'params': setup.num_params,
       'param_counts': setup.param_counts,
       'flops_per_step': flops_per_step,
+      'compile_seconds': compile_seconds,
       'stop_reason': reason,
       'resumed_from_step': start_step or None,
       'devices': num_devices,
