@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from aira_jax.discovery import childproc
 from aira_jax.discovery.gates.config import GATE_NAMES, GateSettings, settings_from_config
 from aira_jax.discovery.gates.verdict import GateVerdict, Verdict
 from aira_jax.discovery.policy import check_source, policy_reason
@@ -65,51 +66,6 @@ def child_env(workdir: str, settings: GateSettings) -> dict[str, str]:
       env[name] = os.environ[name]
   return env
 
-
-def _rss_mb(pid: int) -> float:
-  try:
-    with open(f'/proc/{pid}/status', encoding='ascii') as f:
-      for line in f:
-        if line.startswith('VmRSS:'):
-          return int(line.split()[1]) / 1024.0
-  except (OSError, ValueError, IndexError):
-    pass
-  return 0.0
-
-
-def _tail(path: str, limit: int = STDERR_TAIL) -> str:
-  try:
-    with open(path, 'rb') as f:
-      f.seek(0, os.SEEK_END)
-      f.seek(max(0, f.tell() - limit))
-      return f.read().decode('utf-8', 'replace')
-  except OSError:
-    return ''
-
-
-class _EventReader:
-  """Incrementally reads complete JSON lines from the child's events file."""
-
-  def __init__(self, path: str):
-    self.path, self.offset, self.buffer = path, 0, b''
-
-  def read(self) -> list[Event]:
-    try:
-      with open(self.path, 'rb') as f:
-        f.seek(self.offset)
-        data = f.read()
-    except OSError:
-      return []
-    self.offset += len(data)
-    self.buffer += data
-    *lines, self.buffer = self.buffer.split(b'\n')
-    events = []
-    for line in lines:
-      try:
-        events.append(json.loads(line))
-      except ValueError:
-        continue
-    return events
 
 
 def _static_verdict(source: str, settings: GateSettings) -> GateVerdict:
@@ -157,7 +113,7 @@ def _run_child(source: str, name: str, settings: GateSettings, workdir: str,
   with open(os.path.join(workdir, 'request.json'), 'w', encoding='utf-8') as f:
     json.dump({'source': source, 'name': name, 'settings': settings.to_dict()}, f)
   out_path, err_path = os.path.join(workdir, 'stdout.txt'), os.path.join(workdir, 'stderr.txt')
-  reader = _EventReader(os.path.join(workdir, 'events.jsonl'))
+  reader = childproc.JsonlTail(os.path.join(workdir, 'events.jsonl'))
   with open(out_path, 'wb') as out, open(err_path, 'wb') as err:
     proc = subprocess.Popen([sys.executable, '-m', 'aira_jax.discovery.sandbox', workdir], cwd=workdir,
                             env=child_env(workdir, settings), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -181,7 +137,7 @@ def _run_child(source: str, name: str, settings: GateSettings, workdir: str,
     while proc.poll() is None:
       consume()
       now = time.monotonic()
-      rss = _rss_mb(proc.pid)
+      rss = childproc.rss_mb(proc.pid)
       peak = max(peak, rss)
       if rss > settings.memory_limit_mb:
         killed = ('memory', rss)
@@ -190,26 +146,19 @@ def _run_child(source: str, name: str, settings: GateSettings, workdir: str,
       elif current is not None and now - gate_start > settings.gate_timeout_s:
         killed = ('gate_timeout', settings.gate_timeout_s)
       if killed:
-        _kill(proc)
+        childproc.kill_group(proc)
         break
       time.sleep(POLL_S)
   finally:
     if proc.poll() is None:  # an exception (KeyboardInterrupt) in the parent must not leak the child
-      _kill(proc)
+      childproc.kill_group(proc)
   consume()
   if gates and (not gates[-1].ok or gates[-1].gate in (settings.stop_after, GATE_NAMES[-1])):
     return gates, peak
   if current is None and gates:  # ended between two gates: blame the next one
     current = GATE_NAMES[min(GATE_NAMES.index(gates[-1].gate) + 1, len(GATE_NAMES) - 1)]
-  return gates + [_abnormal(current, killed, proc.returncode, peak, settings, _tail(err_path))], peak
-
-
-def _kill(proc: subprocess.Popen) -> None:
-  try:
-    os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the child leads its own group
-  except ProcessLookupError:
-    pass
-  proc.wait()
+  stderr = childproc.file_tail(err_path, STDERR_TAIL)
+  return gates + [_abnormal(current, killed, proc.returncode, peak, settings, stderr)], peak
 
 
 def _abnormal(gate: str | None, killed: tuple | None, returncode: int | None, peak_mb: float,

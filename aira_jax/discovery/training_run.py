@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 from absl import logging
 
+from aira_jax.discovery import childproc
 from aira_jax.discovery import failures as fl
+from aira_jax.discovery.childproc import JsonlTail, file_tail, rss_mb
 
 POLL_S = 0.1
 LOG_TAIL_CHARS = 12_000  # stderr kept in the error log handed to the Debugger
@@ -92,53 +94,6 @@ def child_env(workdir: str, platform: str) -> dict[str, str]:
   return env
 
 
-def rss_mb(pid: int) -> float:
-  try:
-    with open(f'/proc/{pid}/status', encoding='ascii') as f:
-      for line in f:
-        if line.startswith('VmRSS:'):
-          return int(line.split()[1]) / 1024.0
-  except (OSError, ValueError, IndexError):
-    pass
-  return 0.0
-
-
-def file_tail(path: str, limit: int) -> str:
-  try:
-    with open(path, 'rb') as f:
-      f.seek(0, os.SEEK_END)
-      f.seek(max(0, f.tell() - limit))
-      return f.read().decode('utf-8', 'replace')
-  except OSError:
-    return ''
-
-
-class JsonlTail:
-  """Reads the complete JSON lines appended to a file since the last read (the file may not exist yet)."""
-
-  def __init__(self, path: str):
-    self.path, self.offset, self.buffer = path, 0, b''
-
-  def read(self) -> list[dict[str, Any]]:
-    try:
-      with open(self.path, 'rb') as f:
-        f.seek(self.offset)
-        data = f.read()
-    except OSError:
-      return []
-    self.offset += len(data)
-    *lines, self.buffer = (self.buffer + data).split(b'\n')
-    out = []
-    for line in lines:
-      try:
-        value = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(value, dict):
-        out.append(value)
-    return out
-
-
 def latest_checkpoint_step(run_dir: str) -> int:
   """The last committed checkpoint step in a trainer run directory (0 when none); Orbax commits by renaming a
   temporary directory to the bare step number, so only all-digit names count."""
@@ -176,14 +131,6 @@ def drop_stale_metrics(run_dir: str) -> int:
     os.replace(path + '.tmp', path)
     logging.info('%s: dropped %d metrics lines logged after checkpoint step %d', path, dropped, keep_upto)
   return dropped
-
-
-def _kill(proc: subprocess.Popen) -> None:
-  try:
-    os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the child leads its own group
-  except ProcessLookupError:
-    pass
-  proc.wait()
 
 
 class _Monitor:
@@ -281,12 +228,12 @@ def run_training_child(request: ChildRequest, child_dir: str, limits: RunLimits,
         killed = ('abort', why)
       if killed:
         logging.info('stopping training child %d: %s %s', proc.pid, killed[0], killed[1] or '')
-        _kill(proc)
+        childproc.kill_group(proc)
         break
       time.sleep(POLL_S)
   finally:
     if proc.poll() is None:  # an exception in the parent must not leak the child
-      _kill(proc)
+      childproc.kill_group(proc)
   for event in events.read():
     monitor.on_event(event)
   monitor.read_metrics()
