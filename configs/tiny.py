@@ -3,22 +3,14 @@
     python -m aira_jax.train --config=configs/tiny.py --workdir=/tmp/tiny            # DeltaNet
     python -m aira_jax.train --config=configs/tiny.py:attention --workdir=/tmp/tiny  # any baseline
 """
-from aira_jax.models.scales import get_scale
-from aira_jax.train.config import base_config
-
-BASELINES = ("deltanet", "gated_deltanet", "mamba2", "attention")
+from aira_jax.train.config import baseline_config
 
 
 def get_config(design: str = "deltanet"):
-  design = design or "deltanet"
-  if design not in BASELINES:
-    raise ValueError(f"configs/tiny.py: variant must be one of {BASELINES}, got {design!r}")
-  c = base_config()
-  c.model.update(get_scale("tiny"))
+  c = baseline_config("tiny", design, "configs/tiny.py")
   c.model.d_model = 128
   c.model.num_heads = 4
   c.model.num_layers = 2
-  c.model.design = design
   c.data.source = "synthetic"
   c.data.tokenizer = "byte"
   c.data.val_docs = 64

@@ -2,19 +2,11 @@
 
     python -m aira_jax.train --config=configs/verify.py:deltanet --workdir=DIR --config.train.max_tokens=...
 """
-from aira_jax.models.scales import get_scale
-from aira_jax.train.config import base_config
-
-BASELINES = ("deltanet", "gated_deltanet", "mamba2", "attention")
+from aira_jax.train.config import baseline_config
 
 
 def get_config(design: str = "deltanet"):
-  design = design or "deltanet"
-  if design not in BASELINES:
-    raise ValueError(f"configs/verify.py: variant must be one of {BASELINES}, got {design!r}")
-  c = base_config()
-  c.model.update(get_scale("verify"))
-  c.model.design = design
+  c = baseline_config("verify", design, "configs/verify.py")
   c.data.source = "hf"
   c.data.tokenizer = "sentencepiece"
   c.data.spm_vocab_size = 32000

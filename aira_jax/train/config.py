@@ -114,3 +114,18 @@ def base_config() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   """Lets this file itself serve as `--config=aira_jax/train/config.py`."""
   return base_config()
+
+
+BASELINE_DESIGNS = ('deltanet', 'gated_deltanet', 'mamba2', 'attention')
+
+
+def baseline_config(scale: str, design: str, config_name: str) -> ml_collections.ConfigDict:
+  """base_config() at a named model scale with a baseline design; `design` is the config file's :variant."""
+  from aira_jax.models.scales import get_scale  # pylint: disable=g-import-not-at-top
+  design = design or 'deltanet'
+  if design not in BASELINE_DESIGNS:
+    raise ValueError(f'{config_name}: variant must be one of {BASELINE_DESIGNS}, got {design!r}')
+  c = base_config()
+  c.model.update(get_scale(scale))
+  c.model.design = design
+  return c
