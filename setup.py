@@ -37,5 +37,6 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.13,<0.5"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.13,<0.5", "ruff>=0.6"],
     },
-    entry_points={"console_scripts": ["aira-train=aira_jax.train.__main__:run"]},
+    entry_points={"console_scripts": ["aira-train=aira_jax.train.__main__:run", "aira-discover=aira_jax.discover:main",
+                                     "aira-check=aira_jax.check:main"]},
 )
