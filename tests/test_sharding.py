@@ -7,7 +7,6 @@ import textwrap
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
