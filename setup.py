@@ -28,6 +28,7 @@ setup(
         "tensorboardX>=2.6",
         "sqlalchemy>=2.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "cuda": ["jax[cuda13]>=0.11,<0.12"],
@@ -38,5 +39,6 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "lm-eval>=0.4.13,<0.5", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["aira-train=aira_jax.train.__main__:run", "aira-discover=aira_jax.discover:main",
-                                     "aira-check=aira_jax.check:main"]},
+                                     "aira-check=aira_jax.check:main", "aira-compose=aira_jax.compose:main",
+                                     "aira-gallery=aira_jax.gallery.__main__:main"]},
 )

@@ -82,7 +82,7 @@ def _config(f: _Flags) -> Any:
     return cfg
 
 
-def _setup_logging(workdir: str, verbose: bool) -> None:
+def _setup_logging(workdir: str, verbose: bool, log_name: str = "discover.log") -> None:
     """INFO and above to DIR/discover.log; only warnings on stderr (INFO too with --verbose), so the progress
     display on stdout stays readable."""
     logging.set_verbosity(logging.INFO)
@@ -93,7 +93,7 @@ def _setup_logging(workdir: str, verbose: bool) -> None:
     stderr = pylogging.StreamHandler(sys.stderr)
     stderr.setLevel(pylogging.INFO if verbose else pylogging.WARNING)
     stderr.setFormatter(pylogging.Formatter("%(levelname)s: %(message)s"))
-    file_handler = pylogging.FileHandler(os.path.join(workdir, "discover.log"))
+    file_handler = pylogging.FileHandler(os.path.join(workdir, log_name))
     file_handler.setLevel(pylogging.INFO)
     file_handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(stderr)

@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
       'max_consecutive_failures': 10,
       'poll_s': 10.0,
       'worker_id': 'loop-0',
+      # Genesys' operators alongside ASI-Arch's free evolution: crossover of two parents, one-unit mutation.
+      'crossover_rate': 0.2,
+      'unit_mutation_rate': 0.3,
   })
   c.pool = ml_collections.ConfigDict({
       'size': 50, 'parent_top': 10, 'num_references': 4, 'cold_start': 200, 'update_every': 50,

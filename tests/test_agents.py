@@ -227,3 +227,26 @@ def test_judge_total_is_the_weighted_mean_computed_in_code():
     assert not v.fallback and v.score.judge == "offline:offline"
     assert "DeltaNet is the 5 anchor" in _user_text(script.requests[0])
     assert json.loads(v.score.to_json())["sub_scores"] == subs
+
+
+def test_researcher_genesys_operators_reach_the_prompt_and_the_offline_proposer():
+    from aira_jax.discovery.agents.researcher import operator_instructions
+    from aira_jax.discovery.offline import offline_handlers
+    mate_src = render_program(MixerGenome(feature_map="elu1", decay="data"))
+    mate = DesignBrief(name="elu-dn", source=mate_src, metrics=Metrics(val_loss=1.2))
+    ctx = _ctx(references=(mate,), operator="crossover", mate="elu-dn")
+    assert "CROSSOVER" in operator_instructions(ctx) and "references/elu-dn.py" in operator_instructions(ctx)
+    assert "ONE UNIT" in operator_instructions(_ctx(operator="mutate_unit"))
+    assert operator_instructions(_ctx()) == ""
+    handlers = offline_handlers(seed=0)
+    seen = []
+
+    def spy(request):
+        seen.append(request)
+        return handlers["researcher"](request)
+
+    proposal, reply = Researcher(_client(researcher=spy)).propose(ctx)
+    assert reply.ok, reply.failure
+    assert "CROSSOVER" in _user_text(seen[0]) and proposal.meta["operator"] == "crossover"
+    proposal, reply = Researcher(_client(researcher=handlers["researcher"])).propose(_ctx(operator="mutate_unit"))
+    assert reply.ok and proposal.meta["operator"] == "mutation" and len(proposal.meta["edits"]) == 1

@@ -10,6 +10,7 @@ history, the novelty check and the Researcher all see them), accepted ones as 'c
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from typing import Any, Callable
 
@@ -68,12 +69,24 @@ class ProposalStage:
                     "noise_floor": view.baseline.loss_std if view.baseline else None,
                     "seed": view.seed_name, "selection": {"policy": sel.policy, "parent": sel.parent.name,
                                                           "references": [r.name for r in sel.references]}}
-        ctx = ResearchContext(parent=parent, references=refs,
+        operator, mate = self.operator(iteration, refs)
+        ctx = ResearchContext(parent=parent, references=refs, operator=operator, mate=mate,
                               cognition="\n\n".join(t for _, t in offered) or "(no relevant notes found)",
                               cognition_ids=tuple(i for i, _ in offered),
                               recent_attempts=view.recent_attempts(self.s.recent_attempts), budget=self.budget_text,
                               evidence=evidence)
         return ctx, offered, query
+
+    def operator(self, iteration: int, refs) -> tuple[str, str | None]:
+        """Genesys' operators by the configured rates (seeded by the iteration): crossover with the best reference
+        that has a program, mutation of one unit, or ASI-Arch's free evolution."""
+        rng = random.Random(f"operator-{self.pool_cfg.seed}-{iteration}")
+        mates = [r.name for r in refs if r.source]
+        if mates and rng.random() < self.s.crossover_rate:
+            return "crossover", mates[0]
+        if rng.random() < self.s.unit_mutation_rate:
+            return "mutate_unit", None
+        return "evolve", None
 
     # ------------------------------------------------------------------------------------------ the stage
     def run(self, view: StoreView, iteration: int) -> IterationOutcome:

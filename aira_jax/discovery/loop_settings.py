@@ -45,6 +45,11 @@ class LoopSettings:
     max_consecutive_failures: int = 4    # iterations in a row without a trainable design before the loop stops
     poll_s: float = 2.0
     worker_id: str = "loop-0"
+    # Genesys' operators for the Researcher: per iteration, a crossover of the parent with one reference (both
+    # programs in the workspace) with this chance, else a mutation of exactly one unit with `unit_mutation_rate`,
+    # else ASI-Arch's free evolution of the parent.
+    crossover_rate: float = 0.0
+    unit_mutation_rate: float = 0.0
 
     def validate(self) -> "LoopSettings":
         for name in ("max_iterations", "max_rewrites", "novelty_top_k", "recent_attempts", "evidence_history",
@@ -56,6 +61,10 @@ class LoopSettings:
             raise ConfigError("loop.max_consecutive_failures must be >= 1")
         if not isinstance(self.max_seconds, (int, float)) or self.max_seconds < 0:
             raise ConfigError(f"loop.max_seconds must be >= 0, got {self.max_seconds!r}")
+        for name in ("crossover_rate", "unit_mutation_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ConfigError(f"loop.{name} must be a probability in [0, 1], got {v!r}")
         if not self.baseline_seeds or len(set(self.baseline_seeds)) != len(self.baseline_seeds):
             raise ConfigError(f"seed.baseline_seeds must be distinct and non-empty, got {self.baseline_seeds}")
         if not self.seed_design:

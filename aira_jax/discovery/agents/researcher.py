@@ -30,6 +30,26 @@ class ResearchContext:
     recent_attempts: str = "(none yet)"
     budget: str = ""
     evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # history, known designs, draw, ...
+    operator: str = "evolve"          # 'evolve' (ASI-Arch) | 'mutate_unit' | 'crossover' (Genesys)
+    mate: str | None = None           # crossover: the reference that is the second parent
+
+
+OPERATORS = ("evolve", "mutate_unit", "crossover")
+
+
+def operator_instructions(ctx: ResearchContext) -> str:
+    """The operator paragraph of the Researcher prompt (empty for free evolution)."""
+    if ctx.operator == "mutate_unit":
+        return ("Operator: MUTATION OF ONE UNIT (Genesys). Change exactly one unit of the parent: one sub-module or "
+                "one step of its computation (the feature map, a gate, the decay, the memory update, the short "
+                "convolution, the output normalisation, ...). Leave every other unit as it is, so the result "
+                "tells what this one unit is worth.")
+    if ctx.operator == "crossover":
+        return (f"Operator: CROSSOVER (Genesys). Combine two parents: the parent (parent.py) and the second "
+                f"parent '{ctx.mate}' ({reference_file(ctx.mate or '')}, also in the workspace; read both). Take "
+                "units from each so the child inherits the strengths of both, and say in the motivation which "
+                "units come from which parent.")
+    return ""
 
 
 def reference_file(name: str) -> str:
@@ -75,8 +95,8 @@ class Researcher:
             "researcher", parent_name=p.name, parent_summary=(p.summary or p.motivation or "")[:1500],
             parent_results=p.metrics.text(), parent_analysis=p.analysis or "(no analysis yet)",
             references=refs, cognition=ctx.cognition, recent_attempts=ctx.recent_attempts,
-            budget=ctx.budget or "(as configured)")
-        evidence = {**dict(ctx.evidence), "kind": "researcher",
+            budget=ctx.budget or "(as configured)", operator=operator_instructions(ctx))
+        evidence = {**dict(ctx.evidence), "kind": "researcher", "operator": ctx.operator, "mate": ctx.mate,
                     "parent": {"name": p.name, **p.metrics.to_evidence()},
                     "parent_weaknesses": list(p.meta.get("weaknesses") or ()),
                     "suggestions": list(p.meta.get("next_ideas") or ()),

@@ -18,7 +18,7 @@ BACKENDS = ("gemini", "openai", "offline")
 
 # The roles whose prompts live in prompts/; other role names are allowed (they use the default model).
 AGENT_ROLES = ("researcher", "novelty_check", "break_pattern", "code_checker", "debugger", "analyst", "judge",
-               "summarizer", "cognition_extraction")
+               "summarizer", "cognition_extraction", "composer", "compose_analyst")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +147,8 @@ class LLMConfig:
 
 # Which roles need the strong model and which a fast one (ASI-Arch planned and analysed with a strong model and
 # summarised with a fast one).
-STRONG_ROLES = ("researcher", "break_pattern", "code_checker", "debugger", "analyst", "judge", "novelty_check")
+STRONG_ROLES = ("researcher", "break_pattern", "code_checker", "debugger", "analyst", "judge", "novelty_check",
+                "composer", "compose_analyst")
 FAST_ROLES = ("summarizer", "cognition_extraction")
 
 

@@ -121,10 +121,34 @@ COGNITION_EXTRACTION = {
     "required": ["entries"],
 }
 
+# Compose mode (AIRA-Compose operators draft / improve / debug; analyze has its own role).
+COMPOSER = {
+    "type": "object",
+    "properties": {
+        "compositions": {"type": "array", "minItems": 1, "maxItems": 16, "items": {
+            "type": "object",
+            "properties": {"layers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                           "motivation": {"type": "string", "minLength": 10}},
+            "required": ["layers", "motivation"]}},
+    },
+    "required": ["compositions"],
+}
+
+COMPOSE_ANALYST = {
+    "type": "object",
+    "properties": {
+        "analysis": {"type": "string", "minLength": 20},
+        "promising": _STR_LIST,
+        "avoid": _STR_LIST,
+    },
+    "required": ["analysis"],
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "researcher": RESEARCHER, "break_pattern": BREAK_PATTERN, "novelty_check": NOVELTY_CHECK,
     "code_checker": CODE_CHECKER, "debugger": DEBUGGER, "analyst": ANALYST, "judge": JUDGE,
-    "summarizer": SUMMARIZER, "cognition_extraction": COGNITION_EXTRACTION,
+    "summarizer": SUMMARIZER, "cognition_extraction": COGNITION_EXTRACTION, "composer": COMPOSER,
+    "compose_analyst": COMPOSE_ANALYST,
 }
 
 

@@ -87,6 +87,8 @@ class OfflineResearcher:
         attempt = int(feedback.get("attempt", 0)) if isinstance(feedback, Mapping) else 0
         if isinstance(feedback, Mapping) and feedback:   # a rewrite after a rejection: avoid the rejected edits
             ev = {**ev, "avoid": list(ev.get("avoid") or ()) + list(feedback.get("edits") or ())}
+        if ev.get("operator") == "crossover":   # Genesys crossover: the named mate is the only reference
+            refs = [r for r in refs if r[0] == ev.get("mate")] or refs
         return self.proposer.propose(parent_name, parent_src, references=refs, evidence=ev, attempt=attempt)
 
     def researcher(self, request: BackendRequest):

@@ -119,7 +119,8 @@ class EvolutionaryProposer:
             return self._source_edit(parent_name, parent_source, ev, rng, avoid)
         seen = _seen(ev).add(genome)
         scores = self._scores(ev, rng, avoid)
-        if rng.random() < self.cfg.crossover_rate:
+        operator = ev.get("operator")   # Genesys operators asked by the loop (None: the proposer's own rates)
+        if operator == "crossover" or (operator != "mutate_unit" and rng.random() < self.cfg.crossover_rate):
             child = self._crossover(parent_name, genome, references, ev, rng, seen)
             if child is not None:
                 return child
@@ -127,7 +128,7 @@ class EvolutionaryProposer:
         if first is None:
             return None
         new, edits = first[0], [first[1]]
-        if rng.random() < self.cfg.compound_rate:
+        if operator != "mutate_unit" and rng.random() < self.cfg.compound_rate:   # one unit: no second edit
             second = self._best_edit(new, scores, rng, seen.add(new), skip_categories={edits[0].category})
             if second is not None:
                 new, edits = second[0], edits + [second[1]]
