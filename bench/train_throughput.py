@@ -7,7 +7,9 @@ For each design and batch size it builds the real train step of aira_jax.train (
 compute, AdamW, clipping), feeds random tokens, and times `--steps` steps after `--warmup`: tokens/s, step
 time, MFU (FLOPs from the compiled step's XLA cost analysis, or 6ND + attention when that under-counts) and
 peak device memory. With --fla it runs bench/fla_throughput.py in a subprocess at the same sizes and prints
-the ratio. A table is printed and saved as bench/results/train_throughput_<date>_<device>.{md,json}.
+the ratio. --ops_impls=auto,xla times each design once per aira_jax.ops implementation (auto: the Pallas kernel
+wherever one applies, vs the XLA chunked path) in the same run; each row lists the path every op took.
+A table is printed and saved as bench/results/train_throughput_<date>_<device>.{md,json}.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from aira_jax import ops  # noqa: E402
+from aira_jax.ops import dispatch  # noqa: E402
 from aira_jax.models import build_model, count_params  # noqa: E402
 from aira_jax.train import metrics as metrics_lib  # noqa: E402
 from aira_jax.train import schedules  # noqa: E402
@@ -128,19 +132,28 @@ def main():
   ap.add_argument("--dtype", default=None)
   ap.add_argument("--fla", action=argparse.BooleanOptionalAction, default=jax.default_backend() == "gpu")
   ap.add_argument("--fla_timeout", type=int, default=300)
+  ap.add_argument("--ops_impls", default="auto", help="comma list of aira_jax.ops impls to time: auto,kernel,xla")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
   a = ap.parse_args()
   for k, v in PRESETS[a.preset].items():
     if getattr(a, k) is None:
       setattr(a, k, v)
   rows = []
-  for design in a.designs.split(","):
-    for batch in [int(b) for b in a.batches.split(",")]:
-      try:
-        rows.append(jax_case(design, a, batch))
-      except Exception as e:  # e.g. out of memory at a large batch: a row, not a crash
-        rows.append({"system": f"aira_jax_{design}", "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]})
-      print(json.dumps(rows[-1]), flush=True)
+  for impl in a.ops_impls.split(","):
+    suffix = "" if impl == "auto" else f"_{impl}"
+    for design in a.designs.split(","):
+      for batch in [int(b) for b in a.batches.split(",")]:
+        try:
+          dispatch._logged.clear()  # dispatch logs each choice once; clearing makes this case's choices visible
+          with ops.use_impl(impl):  # dispatch happens at trace time, inside this context
+            rows.append(jax_case(design, a, batch))
+          rows[-1]["system"] += suffix
+          # Which path each op took (e.g. whether the Pallas kernel applied at this head dim).
+          rows[-1]["op_paths"] = sorted(f"{op}:{path}" for op, path, _ in dispatch._logged)
+        except Exception as e:  # e.g. out of memory at a large batch: a row, not a crash
+          rows.append({"system": f"aira_jax_{design}{suffix}", "batch": batch,
+                       "error": f"{type(e).__name__}: {e}"[:300]})
+        print(json.dumps(rows[-1]), flush=True)
   if a.fla:
     rows.extend(fla_cases(a))
   device = jax.devices()[0].device_kind

@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
       'seed': 0, 'init_random': 8, 'use_references': True, 'tournament': 3, 'crossover_rate': 0.4,
       'top_k': 8, 'n_clusters': 2, 'aggregate': True,
       'target_sublayers': 32, 'strategies': ('stack', 'stretch'), 'extrapolate_top': 2,
-      'baseline': 'attention,mlp', 'export_top': 2, 'workers': 1,
+      'baseline': 'attention,mlp', 'run_ladder': True, 'export_top': 2, 'workers': 1,
   })
   c.engineer = ml_collections.ConfigDict({
       'train': proxy_trainer_config(),
@@ -60,7 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
       'platform': '',
       'poll_s': 2.0,
   })
+  # Compositions arrive already extrapolated to the target depth, so the rungs grow width and tokens only.
   c.ladder = ml_collections.ConfigDict({
+      'stack_compositions': False,
       'rungs': [
           {'name': 'rung-d256', 'model': {'d_model': 256, 'num_heads': 8}, 'tokens_per_param': 20.0,
            'min_steps': 200, 'max_steps': 3000, 'max_designs': 5, 'seeds': (0,), 'promote': 3},

@@ -6,7 +6,7 @@ About 15 minutes on 2 CPU cores: 12 compositions of 8 sublayers searched on a na
 offline evolutionary composer (known hybrids first, then random drafts, then crossover and unit mutation), the top
 6 aggregated by majority vote and by 2 clusters, the best extrapolated to 16 sublayers by stacking and by
 stretching, then a 3-rung ladder (d_model 32 -> 64 -> 96, tokens proportional to parameters, the top rung over
-2 seeds) against a Transformer stack of the same depth, with scaling-law fits, the "scales X% faster" table and a
+2 seeds; tokens = parameters / 2) against a Transformer stack of the same depth, with scaling-law fits, the "scales X% faster" table and a
 plot. With an LLM: --llm=gemini or --llm=openai (the draft / improve / debug / analyze operators).
 """
 import importlib.util
@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
       'seed': 0, 'init_random': 6, 'use_references': True, 'tournament': 3, 'crossover_rate': 0.4,
       'top_k': 6, 'n_clusters': 2, 'aggregate': True,
       'target_sublayers': 16, 'strategies': ('stack', 'stretch'), 'extrapolate_top': 1,
-      'baseline': 'attention,mlp', 'export_top': 0, 'workers': 2,
+      'baseline': 'attention,mlp', 'run_ladder': True, 'export_top': 1, 'workers': 2,
   })
   c.engineer = ml_collections.ConfigDict({
       'train': proxy_trainer_config(),
@@ -67,14 +67,19 @@ def get_config() -> ml_collections.ConfigDict:
       'poll_s': 1.0,
   })
   # Genesys' ladder: width grows, tokens proportional to parameters, more seeds at the top.
+  # Compositions arrive already extrapolated to the target depth, so the rungs grow width and tokens only.
   c.ladder = ml_collections.ConfigDict({
+      'stack_compositions': False,
       'rungs': [
-          {'name': 'rung-d32', 'model': {'d_model': 32, 'num_heads': 2}, 'tokens_per_param': 1.0,
-           'min_steps': 60, 'max_steps': 300, 'max_designs': 4, 'seeds': (0,), 'promote': 2},
-          {'name': 'rung-d64', 'model': {'d_model': 64, 'num_heads': 4}, 'tokens_per_param': 1.0,
-           'min_steps': 60, 'max_steps': 300, 'max_designs': 2, 'seeds': (0,), 'promote': 1},
-          {'name': 'rung-d96', 'model': {'d_model': 96, 'num_heads': 4}, 'tokens_per_param': 1.0,
-           'min_steps': 60, 'max_steps': 300, 'max_designs': 1, 'seeds': (0, 1), 'promote': 1},
+          {'name': 'rung-d32', 'model': {'d_model': 32, 'num_heads': 2}, 'train': {'global_batch': 16, 'max_seconds': 900.0},
+           'tokens_per_param': 0.5, 'min_steps': 40, 'max_steps': 600, 'max_designs': 4, 'seeds': (0,),
+           'promote': 2},
+          {'name': 'rung-d64', 'model': {'d_model': 64, 'num_heads': 4}, 'train': {'global_batch': 16, 'max_seconds': 900.0},
+           'tokens_per_param': 0.5, 'min_steps': 40, 'max_steps': 600, 'max_designs': 2, 'seeds': (0,),
+           'promote': 1},
+          {'name': 'rung-d96', 'model': {'d_model': 96, 'num_heads': 4}, 'train': {'global_batch': 16, 'max_seconds': 900.0},
+           'tokens_per_param': 0.5, 'min_steps': 40, 'max_steps': 600, 'max_designs': 1, 'seeds': (0, 1),
+           'promote': 1},
       ],
   })
   c.llm = default_llm_config()

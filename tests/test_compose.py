@@ -250,6 +250,8 @@ def test_compose_configs_validate(name):
     space = s.space()
     assert all(not space.problems(c) for c, _ in ops.reference_compositions(space))
     validate_config(cfg.engineer.train)
+    from aira_jax.discovery.ladder import ladder_settings_from_config
+    assert not ladder_settings_from_config(cfg).stack_compositions
     assert [r['name'] for r in cfg.ladder.rungs] and s.target_sublayers % s.proxy_sublayers == 0
 
 

@@ -4,11 +4,16 @@ Order: an explicit `impl=` argument, then a forced default (`set_impl`, the `use
 AIRA_JAX_OPS_IMPL environment variable), then a backend kernel registered for `jax.default_backend()` whose
 `applies(...)` accepts the arguments, then the XLA chunked implementation. Choices happen at trace time, so the
 log line appears once per op and path, not once per step.
+
+Backend kernels are imported lazily: the first choice made on a 'gpu' or 'tpu' backend imports
+pallas_kernels.<op>.<backend> for every op in KERNEL_OPS, and each of those modules registers itself. Importing
+them on first use keeps `import aira_jax.ops` free of Pallas/Mosaic imports on machines that never use them.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import threading
 from typing import Any, Callable
@@ -29,10 +34,53 @@ class Kernel:
 
 _registry: dict[tuple[str, str], Kernel] = {}
 
+KERNEL_OPS = ("delta_rule", "gated_delta_rule", "simple_gla")  # ops with pallas_kernels/<op>/<backend>.py
+KERNEL_BACKENDS = ("gpu", "tpu")
+_loaded_backends: set[str] = set()
+_load_lock = threading.Lock()
+
 
 def register_kernel(op: str, backend: str, fn: Callable[..., Any], applies: Callable[..., bool] | None = None):
     """Backend kernels (pallas_kernels/<op>/gpu.py, tpu.py) call this when imported."""
     _registry[(op, backend)] = Kernel(fn, applies)
+
+
+def canonical_backend(name: str) -> str:
+    """jax.default_backend() says 'gpu' for CUDA and ROCm; platform names 'cuda'/'rocm' map there too."""
+    return "gpu" if name in ("cuda", "rocm") else name
+
+
+def load_backend_kernels(backend: str) -> list[str]:
+    """Imports pallas_kernels.<op>.<backend> once per backend; returns the modules that loaded this call.
+
+    A kernel module that does not exist is skipped quietly (not every op has every backend). Any other import
+    failure (a missing Mosaic binding, a bug) is logged as a WARNING with the error and that op falls back to
+    XLA, so a broken kernel never takes the op down with it.
+    """
+    backend = canonical_backend(backend)
+    if backend not in KERNEL_BACKENDS:
+        return []
+    with _load_lock:
+        if backend in _loaded_backends:
+            return []
+        _loaded_backends.add(backend)
+        loaded = []
+        for op in KERNEL_OPS:
+            module = f"pallas_kernels.{op}.{backend}"
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name != module:
+                    logging.warning("aira_jax.ops: could not import %s (%s: %s); %s uses XLA", module,
+                                    type(e).__name__, e, op)
+                continue
+            except Exception as e:  # noqa: BLE001  (any failure means: fall back to XLA, loudly)
+                logging.warning("aira_jax.ops: could not import %s (%s: %s); %s uses XLA", module,
+                                type(e).__name__, e, op)
+                continue
+            loaded.append(module)
+        logging.info("aira_jax.ops: %s kernels loaded: %s", backend, ", ".join(loaded) or "none")
+        return loaded
 
 
 def _check(impl: str) -> str:
@@ -73,10 +121,11 @@ def log_path(op: str, path: str, why: str) -> None:
 def choose(op: str, impl: str | None, args: tuple, kwargs: dict) -> tuple[str, Kernel | None]:
     """Returns ('kernel', Kernel) | ('xla', None) | ('reference', None) and logs the choice once."""
     impl = _check(impl) if impl is not None else default_impl()
-    backend = jax.default_backend()
+    backend = canonical_backend(jax.default_backend())
     if impl in ("xla", "reference"):
         log_path(op, impl, "forced")
         return impl, None
+    load_backend_kernels(backend)
     kernel = _registry.get((op, backend))
     if kernel is not None and (kernel.applies is None or kernel.applies(*args, **kwargs)):
         log_path(op, f"{backend} kernel", "registered for this backend")

@@ -73,10 +73,20 @@ def write(search, rep) -> str:
     return md
 
 
+def best_of_ladder(ladder, k: int) -> list[str]:
+    """The k designs (baseline excluded) with the lowest loss at the highest rung where any trained."""
+    for rung in reversed(getattr(ladder, 'rungs', None) or []):
+        rows = sorted((r for r in rung.rows if r.state == 'trained' and not r.baseline and r.val_loss is not None
+                       and math.isfinite(r.val_loss)), key=lambda r: r.val_loss)
+        if rows:
+            return [r.design for r in rows[:k]]
+    return []
+
+
 def export_best(search, rep) -> list[str]:
     """Gallery entries for the best designs of the ladder's last rung (config compose.export_top)."""
     from aira_jax.gallery import export_design, default_gallery_dir  # pylint: disable=import-outside-toplevel
-    names = list(getattr(rep.ladder, 'best', lambda k: [])(search.s.export_top))
+    names = best_of_ladder(rep.ladder, search.s.export_top)
     out = []
     gallery = os.path.join(search.workdir, 'gallery') if not os.environ.get('AIRA_GALLERY') else default_gallery_dir()
     for name in names:

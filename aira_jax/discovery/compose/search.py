@@ -25,38 +25,13 @@ from aira_jax.discovery.compose.proposers import (Candidate, EvolutionaryCompose
 from aira_jax.discovery.compose.settings import ComposeConfigError, ComposeSettings, compose_settings
 from aira_jax.discovery.compose.space import ComposeSpace, Composition, composition_name, describe, from_pattern, \
     to_pattern
-from aira_jax.discovery.engineer import Engineer
 from aira_jax.discovery.engineer_settings import EngineerSettings, settings_from_config
 from aira_jax.discovery.records import Design, DesignKind, Status
 from aira_jax.discovery.store import ExperimentStore
+from aira_jax.discovery.train_queue import train_queue
 
 STAGES = ('search', 'aggregate', 'extrapolate', 'baseline')
 STORE_FILE = 'store.sqlite'
-
-
-def train_queue(store: ExperimentStore, settings: EngineerSettings, *, workers: int, stop: threading.Event,
-                prefix: str = 'compose') -> int:
-    """Trains every queued experiment of `settings.scale` with `workers` Engineers in threads; returns how many
-    were recorded. Each Engineer trains in its own child process, so threads are enough for parallelism."""
-    counts = [0] * workers
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            counts[i] = Engineer(store, settings, worker_id=f'{prefix}-{i}').work(stop=stop, idle_exit=True)
-        except BaseException as e:  # noqa: BLE001  (reported below; the other workers go on)
-            errors.append(e)
-            logging.exception('compose: training worker %d stopped', i)
-
-    threads = [threading.Thread(target=work, args=(i,), name=f'{prefix}-{i}', daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(timeout=0.5)
-    if errors and not any(counts):
-        raise RuntimeError(f'compose: every training worker failed; first error: {errors[0]!r}')
-    return sum(counts)
 
 
 @dataclasses.dataclass
@@ -180,7 +155,8 @@ class ComposeSearch:
         return name
 
     def _train(self, settings: EngineerSettings | None = None) -> int:
-        return train_queue(self.store, settings or self.engineer, workers=self.s.workers, stop=self.stop)
+        return train_queue(self.store, settings or self.engineer, workers=self.s.workers, stop=self.stop,
+                           prefix='compose')
 
     def halted(self) -> bool:
         return self.stop.is_set() or bool(self._should_stop())
@@ -280,14 +256,20 @@ class ComposeSearch:
         return out, base
 
     def ladder(self, designs: list[str], baseline: str):
-        if 'ladder' not in self.cfg:
-            self.on_event('no `ladder` section: the ladder of scales is skipped')
+        if not self.s.run_ladder or 'ladder' not in self.cfg:
+            self.on_event('the ladder of scales is skipped (' + ('compose.run_ladder is False' if not self.s.run_ladder
+                                                                else 'no `ladder` section') + ')')
             return None
-        from aira_jax.discovery.ladder import ladder_settings, run_ladder  # pylint: disable=import-outside-toplevel
-        settings = ladder_settings(self.cfg.ladder)
+        from aira_jax.discovery.ladder import ladder_settings_from_config, run_ladder  # pylint: disable=import-outside-toplevel
+        settings = ladder_settings_from_config(self.cfg)
         eng = dataclasses.replace(self.engineer, scale=None)
+
+        def event(ev) -> None:
+            if ev.kind in ('rung_start', 'training', 'rung_done', 'promoted', 'skipped', 'count_failed', 'done'):
+                self.on_event(f'ladder {ev.rung or ""} {ev.kind}{" " + ev.design if ev.design else ""}: {ev.message}')
+
         return run_ladder(self.store, designs, settings, eng, baseline=baseline,
-                          workdir=os.path.join(self.workdir, 'ladder'), on_event=self.on_event, stop=self.stop,
+                          workdir=os.path.join(self.workdir, 'ladder'), on_event=event, stop=self.stop,
                           workers=self.s.workers)
 
     def run(self) -> ComposeReport:

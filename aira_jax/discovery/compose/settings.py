@@ -41,6 +41,7 @@ class ComposeSettings:
     strategies: tuple[str, ...] = STRATEGIES
     extrapolate_top: int = 1               # best proxy compositions extrapolated with every strategy
     baseline: str = 'attention,mlp'        # block stacked to the target depth: the ladder's baseline
+    run_ladder: bool = True                # False: stop after extrapolation (the `ladder` section is not used)
     # After the ladder.
     export_top: int = 0                    # gallery entries for the best designs of the ladder's last rung
     workers: int = 1                       # training threads (each trains in its own child process)

@@ -1,0 +1,252 @@
+"""Per-chunk forward and backward math of the (gated) delta rule, written once for every kernel body.
+
+Each function works on one chunk of one head, on arrays already loaded from refs: q, k [C, Dk], v [C, Dv],
+the per-step scalars beta and g as per-time vectors ("vecs"), and the fp32 state S [Dk, Dv] at the start of
+the chunk. Matmuls, iota masks and everything that touches a vec's layout go through `ChunkMath` methods, so
+the Mosaic TPU body (vecs are [C, 1] columns) and the Mosaic GPU body (1-D vecs, wgmma matmuls) share it.
+
+Forward of one chunk (see xla.py for the derivation; G = cumsum(g), gamma = exp(G), Gam_ij = exp(G_i - G_j)):
+    A  = strict_tril(beta_i (k_i . k_j) Gam_ij),      T = (I + A)^-1
+    W  = T (beta gamma K),   U' = T (beta V),         U = U' - W S
+    P  = tril(scale (Q K^T) * Gam),                   O = (scale gamma Q) S + P U
+    S' = gamma_C S + (K * exp(G_C - G))^T U
+The backward is the hand-written adjoint of exactly these lines (no autodiff inside kernels).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+f32 = jnp.float32
+
+
+def default_dot(a, b, *, ta: bool = False, tb: bool = False, dtype=f32) -> jax.Array:
+    """a @ b (a^T if ta, b^T if tb) with operands cast to `dtype` and fp32 accumulation.
+
+    fp32 operands ask for the full-precision MXU passes; bf16 operands are one pass, the same numerics the
+    hardware gives, so interpret-mode tests on CPU see the rounding the TPU will apply.
+    """
+    a, b = a.astype(dtype), b.astype(dtype)
+    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+    prec = lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
+    return lax.dot_general(a, b, dims, precision=prec, preferred_element_type=f32)
+
+
+def _iota(c: int):
+    return lax.broadcasted_iota(jnp.int32, (c, c), 0), lax.broadcasted_iota(jnp.int32, (c, c), 1)
+
+
+def col_from_row(x_row: jax.Array) -> jax.Array:
+    """[1, C] -> [C, 1] without a transpose op: broadcast over sublanes, keep the diagonal, sum over lanes."""
+    c = x_row.shape[1]
+    r, cc = _iota(c)
+    return jnp.sum(jnp.where(r == cc, jnp.broadcast_to(x_row, (c, c)), 0.0), axis=1, keepdims=True)
+
+
+def row_from_col(x_col: jax.Array) -> jax.Array:
+    """[C, 1] -> [1, C] (the inverse of col_from_row)."""
+    c = x_col.shape[0]
+    r, cc = _iota(c)
+    return jnp.sum(jnp.where(r == cc, jnp.broadcast_to(x_col, (c, c)), 0.0), axis=0, keepdims=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkMath:
+    """Static configuration of one kernel body plus the few layout-dependent primitives it needs.
+
+    Here (Mosaic TPU) a vec is a [C, 1] column: it broadcasts against [C, D] rows for free, and only 2-D ops
+    that Mosaic lowers are used. The Mosaic GPU body subclasses this with 1-D vecs and wgmma-backed matmuls.
+    """
+    gated: bool
+    scale: float
+    mm_dtype: jnp.dtype = f32  # bf16 for bf16 inputs: big matmuls take bf16 operands, accumulate in fp32
+
+    def dot(self, a, b, *, ta=False, tb=False, dtype=f32):
+        return default_dot(a, b, ta=ta, tb=tb, dtype=dtype)
+
+    def mm(self, a, b, ta=False, tb=False):
+        return self.dot(a, b, ta=ta, tb=tb, dtype=self.mm_dtype)
+
+    def mm32(self, a, b, ta=False, tb=False):
+        # The triangular inverse and its adjoint stay in fp32: they are where cancellation happens.
+        return self.dot(a, b, ta=ta, tb=tb, dtype=f32)
+
+    def iota(self, c: int):
+        return _iota(c)
+
+    def ecol(self, vec, width: int):
+        """vec -> [C, width] with x[i, :] = vec[i]."""
+        return jnp.broadcast_to(vec, (vec.shape[0], width))
+
+    def erow(self, vec, height: int):
+        """vec -> [height, C] with x[:, j] = vec[j]."""
+        return jnp.broadcast_to(row_from_col(vec), (height, vec.shape[0]))
+
+    def rowsum(self, x):
+        return jnp.sum(x, axis=1, keepdims=True)
+
+    def colsum(self, x):
+        return col_from_row(jnp.sum(x, axis=0, keepdims=True))
+
+    def total(self, x):
+        """Sum of a vec or matrix as something that broadcasts against any array ([1, 1]: no rank-0 vectors)."""
+        return jnp.sum(jnp.sum(x, axis=1, keepdims=True), axis=0, keepdims=True)
+
+
+def unit_lower_inverse(a: jax.Array, m: ChunkMath) -> jax.Array:
+    """(I + A)^-1 for strictly lower-triangular A [C, C] in fp32, with matmuls and masks only.
+
+    Forward substitution inside 16-row diagonal blocks (all blocks at once: step r finalises row r of every
+    block), then blocks are merged pairwise: if T_s inverts the block-diagonal part and L holds the blocks
+    just below it, (I + D + L)^-1 = T_s - T_s L T_s exactly, because L T_s L = 0. 15 + 2 log2(C/16) matmuls.
+    """
+    c = a.shape[0]
+    b = min(16, c)
+    row, col = m.iota(c)
+    # lax.div / lax.rem, not // and %: the floor semantics of the latter lower through sign ops (indices >= 0).
+    div, rem = lax.div, lax.rem
+    eye = (row == col).astype(f32)
+    a_diag = jnp.where(div(row, b) == div(col, b), a, 0.0)
+    t = eye
+    for r in range(1, b):
+        t = jnp.where(rem(row, b) == r, eye - m.mm32(a_diag, t), t)
+    s = b
+    while s < c:
+        below = (div(row, s) == div(col, s) + 1) & (rem(div(row, s), 2) == 1)
+        t = t - m.mm32(t, m.mm32(jnp.where(below, a, 0.0), t))
+        s *= 2
+    return t
+
+
+@dataclasses.dataclass
+class _Prep:
+    """State-independent quantities of one chunk, shared by forward and backward (None: no decay)."""
+    beta: jax.Array               # vec
+    gamma: jax.Array | None       # vec exp(G)
+    decay_out: jax.Array | None   # vec exp(G_C - G)
+    gamma_c: jax.Array | None     # exp(G_C), broadcastable
+    gam: jax.Array | None         # [C, C] exp(G_i - G_j) on i >= j, 0 above
+    kk: jax.Array                 # [C, C] K K^T
+    a: jax.Array                  # [C, C] strict lower system matrix
+    t: jax.Array                  # [C, C] (I + A)^-1
+    kb: jax.Array                 # [C, Dk] beta gamma K
+    vb: jax.Array                 # [C, Dv] beta V
+    w: jax.Array                  # [C, Dk] T kb
+    u_free: jax.Array             # [C, Dv] T vb
+    p: jax.Array                  # [C, C] tril(scale Q K^T * Gam)
+
+
+def _prep(q, k, v, beta, g, m: ChunkMath) -> _Prep:
+    c, dk = k.shape
+    dv = v.shape[1]
+    row, col = m.iota(c)
+    strict, incl = row > col, row >= col
+    kk = m.mm(k, k, tb=True)
+    qk = m.mm(q, k, tb=True) * m.scale
+    beta = beta.astype(f32)
+    if m.gated:
+        g = g.astype(f32)
+        # Cumulative log decay by a masked sum (no cumsum inside the kernel).
+        gcum = m.rowsum(jnp.where(col <= row, m.erow(g, c), 0.0))
+        g_tot = m.total(g)
+        # Masked before exp so entries above the diagonal (positive exponents) never overflow.
+        diff = m.ecol(gcum, c) - m.erow(gcum, c)
+        gam = jnp.where(incl, jnp.exp(jnp.where(incl, diff, 0.0)), 0.0)
+        gamma, decay_out, gamma_c = jnp.exp(gcum), jnp.exp(g_tot - gcum), jnp.exp(g_tot)
+        a = jnp.where(strict, kk * gam, 0.0) * m.ecol(beta, c)
+        p = qk * gam
+        kb = k.astype(f32) * m.ecol(beta * gamma, dk)
+    else:
+        gam = gamma = decay_out = gamma_c = None
+        a = jnp.where(strict, kk, 0.0) * m.ecol(beta, c)
+        p = jnp.where(incl, qk, 0.0)
+        kb = k.astype(f32) * m.ecol(beta, dk)
+    t = unit_lower_inverse(a, m)
+    vb = v.astype(f32) * m.ecol(beta, dv)
+    return _Prep(beta=beta, gamma=gamma, decay_out=decay_out, gamma_c=gamma_c, gam=gam, kk=kk, a=a, t=t,
+                 kb=kb, vb=vb, w=m.mm(t, kb), u_free=m.mm(t, vb), p=p)
+
+
+def chunk_forward(q, k, v, beta, g, s, m: ChunkMath):
+    """One chunk from state s [Dk, Dv] fp32; beta, g are vecs (g None when not gated).
+
+    Returns (o [C, Dv] fp32, the state at the chunk's end [Dk, Dv] fp32).
+    """
+    dk = k.shape[1]
+    pr = _prep(q, k, v, beta, g, m)
+    u = pr.u_free - m.mm(pr.w, s)
+    if m.gated:
+        qs = q.astype(f32) * m.ecol(pr.gamma * m.scale, dk)
+        kd = k.astype(f32) * m.ecol(pr.decay_out, dk)
+        s_dec = s * pr.gamma_c
+    else:
+        qs, kd, s_dec = q.astype(f32) * m.scale, k, s
+    o = m.mm(qs, s) + m.mm(pr.p, u)
+    return o, s_dec + m.mm(kd, u, ta=True)
+
+
+def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath):
+    """Adjoint of chunk_forward given the chunk's start state s, dO [C, Dv] and dL/d(end state) [Dk, Dv].
+
+    Returns (dq [C,Dk], dk [C,Dk], dv [C,Dv], dbeta vec, dg vec or None, dL/ds [Dk,Dv]), all fp32.
+    """
+    c, dk_dim = k.shape
+    dv_dim = v.shape[1]
+    row, col = m.iota(c)
+    strict, incl = row > col, row >= col
+    pr = _prep(q, k, v, beta, g, m)
+    qf, kf, vf = q.astype(f32), k.astype(f32), v.astype(f32)
+    do = do.astype(f32)
+    u = pr.u_free - m.mm(pr.w, s)
+    if m.gated:
+        q_coef = m.ecol(pr.gamma * m.scale, dk_dim)
+        kd = kf * m.ecol(pr.decay_out, dk_dim)
+        ds = ds_next * pr.gamma_c
+    else:
+        q_coef, kd, ds = m.scale, kf, ds_next
+    qs = qf * q_coef
+
+    # S' = gamma_C S + Kd^T U
+    d_kd = m.mm(u, ds_next, tb=True)
+    du = m.mm(kd, ds_next) + m.mm(pr.p, do, ta=True)
+    # O = Qs S + P U
+    d_qs = m.mm(do, s, tb=True)
+    dp = jnp.where(incl, m.mm(do, u, tb=True), 0.0)
+    # U = U' - W S
+    ds = ds + m.mm(qs, do, ta=True) - m.mm(pr.w, du, ta=True)
+    dw = -m.mm(du, s, tb=True)
+    # U' = T vb, W = T kb, T = (I + A)^-1  =>  dA = -T^T dT T^T on the strict lower part
+    dt = m.mm(du, pr.vb, tb=True) + m.mm(dw, pr.kb, tb=True)
+    dvb = m.mm(pr.t, du, ta=True)
+    dkb = m.mm(pr.t, dw, ta=True)
+    da = jnp.where(strict, -m.mm32(m.mm32(pr.t, dt, ta=True), pr.t, tb=True), 0.0)
+
+    # A = beta_i KK^T Gam (strict), P = scale QK^T Gam (incl)
+    dkk = da * m.ecol(pr.beta, c)
+    dqk = dp * m.scale
+    if m.gated:
+        dkk, dqk = dkk * pr.gam, dqk * pr.gam
+    dbeta = m.rowsum(da * (pr.kk * pr.gam if m.gated else pr.kk)) + m.rowsum(dvb * vf)
+    dq = d_qs * q_coef + m.mm(dqk, k)
+    dk = m.mm(dkk, k) + m.mm(dkk, k, ta=True) + m.mm(dqk, q, ta=True)
+    dv = dvb * m.ecol(pr.beta, dv_dim)
+    kb_dot = m.rowsum(dkb * kf)
+    if not m.gated:
+        return dq, dk + d_kd + dkb * m.ecol(pr.beta, dk_dim), dv, dbeta + kb_dot, None, ds
+
+    dk = dk + d_kd * m.ecol(pr.decay_out, dk_dim) + dkb * m.ecol(pr.beta * pr.gamma, dk_dim)
+    dbeta = dbeta + kb_dot * pr.gamma
+    # d/dG_t of the cumulative log decay: row sums of the [C, C] adjoints minus their column sums (the -G_j of
+    # Gam_ij), plus the gamma and exp(G_C - G) terms.
+    z = da * pr.a + dp * pr.p
+    d_gamma = m.rowsum(d_qs * qf) * m.scale + kb_dot * pr.beta
+    de = m.rowsum(d_kd * kf) * pr.decay_out
+    d_gcum = m.rowsum(z) - m.colsum(z) + d_gamma * pr.gamma - de
+    # G_C = sum of all g in the chunk: through exp(G_C - G) and the state decay gamma_C.
+    d_gtot = m.total(de) + m.total(s * ds_next) * pr.gamma_c
+    # dg_i = sum_{t >= i} dG_t + dG_C (a reverse cumulative sum, as a masked column sum).
+    dg = m.colsum(jnp.where(row >= col, m.ecol(d_gcum, c), 0.0)) + d_gtot
+    return dq, dk, dv, dbeta, dg, ds

@@ -1,0 +1,246 @@
+"""Pallas kernels of the (gated) delta rule against the float32 recurrent oracle, and kernel dispatch.
+
+TPU kernels run on CPU under pltpu.InterpretParams (TPU semantics: sequential grid, VMEM scratch carried
+across the "arbitrary" chunk axis). Mosaic GPU kernels run under the GPU interpreter where it can execute them
+and for real on a Hopper GPU (marked gpu). Every test draws fresh inputs; the seed is in each failure message.
+"""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.pallas import tpu as pltpu
+
+from aira_jax import ops
+from aira_jax.ops import dispatch
+from pallas_kernels.delta_rule import gpu as dr_gpu
+from pallas_kernels.delta_rule import tpu as dr_tpu
+from pallas_kernels.gated_delta_rule import gpu as gdr_gpu
+from pallas_kernels.gated_delta_rule import tpu as gdr_tpu
+from pallas_kernels.gated_delta_rule.reference import recurrent_gated_delta_rule
+
+BF16_FWD, BF16_GRAD, FP32_TOL = 6e-3, 8e-3, 1e-4
+INTERPRET = pltpu.InterpretParams()
+GPU_INTERPRET = plgpu.InterpretGPUParams()
+
+
+def rel_rms(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30))
+
+
+def fresh_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**31))
+
+
+def make_inputs(seed, *, b, t, h, dk, dv, dtype, gated):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+    d = dict(
+        q=jax.random.normal(ks[0], (b, t, h, dk)).astype(dtype),
+        k=ops.l2norm(jax.random.normal(ks[1], (b, t, h, dk))).astype(dtype),
+        v=jax.random.normal(ks[2], (b, t, h, dv)).astype(dtype),
+        g=-jax.nn.softplus(jax.random.normal(ks[3], (b, t, h))) * 0.5 if gated else None,
+        beta=jax.nn.sigmoid(jax.random.normal(ks[4], (b, t, h))),
+        s0=0.5 * jax.random.normal(ks[5], (b, h, dk, dv)),
+        do=jax.random.normal(ks[6], (b, t, h, dv)),
+        ds=jax.random.normal(ks[7], (b, h, dk, dv)),
+    )
+    return d
+
+
+def check_against_oracle(kernel, seed, *, b, t, h, dk, dv, dtype, gated, with_state, fp32_tol=FP32_TOL):
+    """Values, final state and gradients of every input (incl. the initial state, and through the final state)."""
+    d = make_inputs(seed, b=b, t=t, h=h, dk=dk, dv=dv, dtype=dtype, gated=gated)
+    names = ["q", "k", "v"] + (["g"] if gated else []) + ["beta"] + (["s0"] if with_state else [])
+    f32 = jnp.float32
+
+    def loss(fn, upcast, *xs):
+        a = dict(zip(names, xs))
+        qkv = [a[n].astype(f32) if upcast else a[n] for n in ("q", "k", "v")]
+        o, s = fn(*qkv, *([a["g"]] if gated else []), a["beta"], initial_state=a.get("s0"),
+                  output_final_state=True)
+        return jnp.sum(o.astype(f32) * d["do"]) + jnp.sum(s * d["ds"]), (o, s)
+
+    oracle = recurrent_gated_delta_rule if gated else (
+        lambda q, k, v, beta, **kw: recurrent_gated_delta_rule(q, k, v, None, beta, **kw))
+    args = [d[n] for n in names]
+    grad = lambda fn, up: jax.value_and_grad(lambda *x: loss(fn, up, *x), argnums=tuple(range(len(args))),  # noqa
+                                             has_aux=True)(*args)
+    (_, (o, s)), gk = grad(kernel, False)
+    (_, (o_ref, s_ref)), gr = grad(oracle, True)
+    fwd_tol, grad_tol = (BF16_FWD, BF16_GRAD) if dtype == jnp.bfloat16 else (fp32_tol, fp32_tol)
+    assert o.dtype == dtype and o.shape == d["v"].shape and s.dtype == f32
+    where = f"seed={seed} dtype={jnp.dtype(dtype).name} t={t} dk={dk} dv={dv} gated={gated}"
+    assert rel_rms(o, o_ref) <= fwd_tol, f"output: {rel_rms(o, o_ref):.2e} ({where})"
+    assert rel_rms(s, s_ref) <= fwd_tol, f"final state: {rel_rms(s, s_ref):.2e} ({where})"
+    for n, a, r in zip(names, gk, gr):
+        assert a.shape == d[n].shape and a.dtype == d[n].dtype, f"d{n} shape/dtype ({where})"
+        assert rel_rms(a, r) <= grad_tol, f"d{n}: {rel_rms(a, r):.2e} ({where})"
+
+
+TPU_CASES = [  # (gated, dtype, b, t, h, dk, dv, with_state)
+    (True, jnp.bfloat16, 2, 150, 1, 64, 64, True),    # ragged T, transposed (64-lane) layout
+    (True, jnp.float32, 1, 100, 2, 128, 64, True),    # both layouts at once, Dk != Dv
+    (False, jnp.bfloat16, 1, 130, 2, 128, 128, True),  # lane-direct layout, no decay
+    (False, jnp.float32, 1, 64, 1, 64, 64, False),   # exactly one chunk, no initial state
+]
+
+
+@pytest.mark.parametrize("gated,dtype,b,t,h,dk,dv,with_state", TPU_CASES)
+def test_tpu_kernels_match_oracle(gated, dtype, b, t, h, dk, dv, with_state):
+    fn = gdr_tpu.chunk_gated_delta_rule_tpu if gated else dr_tpu.chunk_delta_rule_tpu
+    kernel = lambda *a, **kw: fn(*a, interpret=INTERPRET, **kw)  # noqa: E731
+    check_against_oracle(kernel, fresh_seed(), b=b, t=t, h=h, dk=dk, dv=dv, dtype=dtype, gated=gated,
+                         with_state=with_state)
+
+
+@pytest.mark.parametrize("d,gated,dtype", [(64, True, jnp.bfloat16), (128, False, jnp.bfloat16),
+                                           (256, True, jnp.float32)])
+def test_tpu_kernels_lower_to_mosaic(d, gated, dtype):
+    """Forward and backward lower to Mosaic TPU MLIR (cross-platform lowering; no TPU needed)."""
+    q = jnp.zeros((1, 128, 2, d), dtype)
+    per_head = jnp.zeros((1, 128, 2))
+
+    def loss(q, k, v, g, beta, s0):
+        o, s = gdr_tpu.chunk_gated_delta_rule_tpu(q, k, v, g, beta, initial_state=s0, output_final_state=True)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+    argnums = (0, 1, 2, 3, 4, 5) if gated else (0, 1, 2, 4, 5)
+    lowered = jax.jit(jax.grad(loss, argnums=argnums)).trace(
+        q, q, q, per_head if gated else None, per_head, jnp.zeros((1, 2, d, d))).lower(lowering_platforms=("tpu",))
+    assert lowered.as_text().count("tpu_custom_call") == 2  # one forward and one backward kernel
+
+
+def test_kernel_applies_rejects_what_it_cannot_do():
+    q = jnp.zeros((1, 64, 1, 64), jnp.bfloat16)
+    b = jnp.zeros((1, 64, 1))
+    assert gdr_tpu.applies(q, q, q, b, b)
+    assert not gdr_tpu.applies(q, q, q, b, b, chunk_size=32)
+    q32 = jnp.zeros((1, 64, 1, 32), jnp.bfloat16)
+    assert not gdr_tpu.applies(q32, q32, q32, b, b)
+    q16 = q.astype(jnp.float16)
+    assert not dr_tpu.applies(q16, q16, q16, b)
+    assert not dr_tpu.applies(q, q, q.astype(jnp.float32), b)
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+
+
+@pytest.fixture
+def fake_cpu_kernel(monkeypatch):
+    calls = []
+
+    def fake(q, k, v, g, beta, **kw):
+        calls.append(kw)
+        return ops.gated_delta_rule(q, k, v, g, beta, impl="xla", **kw)
+
+    monkeypatch.setitem(dispatch._registry, ("gated_delta_rule", "cpu"),
+                        dispatch.Kernel(fake, lambda *a, chunk_size=64, **kw: chunk_size == 64))
+    return calls
+
+
+def _small():
+    d = make_inputs(fresh_seed(), b=1, t=16, h=1, dk=8, dv=8, dtype=jnp.float32, gated=True)
+    return d["q"], d["k"], d["v"], d["g"], d["beta"]
+
+
+def test_dispatch_prefers_registered_kernel_and_honours_forcing(fake_cpu_kernel, monkeypatch):
+    args = _small()
+    ops.gated_delta_rule(*args)  # auto: the registered cpu kernel runs
+    assert len(fake_cpu_kernel) == 1
+    assert dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=16))[0] == "xla"  # applies() says no
+    with ops.use_impl("xla"):
+        assert dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))[0] == "xla"
+    ops.set_impl("xla")
+    try:
+        assert dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))[0] == "xla"
+    finally:
+        ops.set_impl(None)
+    monkeypatch.setenv("AIRA_JAX_OPS_IMPL", "xla")
+    ops.gated_delta_rule(*args)  # end to end under the environment variable: the XLA path, not the kernel
+    assert len(fake_cpu_kernel) == 1, "forcing 'xla' must bypass the registered kernel"
+    monkeypatch.delenv("AIRA_JAX_OPS_IMPL")
+    assert dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))[0] == "kernel"
+
+
+def test_dispatch_lazily_loads_backend_kernels(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_loaded_backends", set())
+    monkeypatch.setattr(dispatch.jax, "default_backend", lambda: "tpu")
+    args = _small()
+    q, k, v, g, beta = (jnp.zeros((1, 64, 1, 64), jnp.bfloat16),) * 3 + (jnp.zeros((1, 64, 1)),) * 2
+    with caplog.at_level(logging.INFO):
+        path, kernel = dispatch.choose("gated_delta_rule", None, (q, k, v, g, beta), dict(chunk_size=64))
+    assert path == "kernel" and kernel.fn is gdr_tpu.chunk_gated_delta_rule_tpu
+    assert "pallas_kernels.gated_delta_rule.tpu" in caplog.text and "pallas_kernels.delta_rule.tpu" in caplog.text
+    path, _ = dispatch.choose("delta_rule", None, (q, k, v, beta), dict(chunk_size=32))
+    assert path == "xla"
+    path, _ = dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))  # head dim 8: no kernel
+    assert path == "xla"
+
+
+def test_dispatch_warns_on_broken_kernel_module(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_loaded_backends", set())
+    real_import = dispatch.importlib.import_module
+
+    def broken(name):
+        if name == "pallas_kernels.delta_rule.gpu":
+            raise ImportError("Failed to import the Mosaic GPU bindings")
+        if name.endswith(".gpu"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name)
+
+    monkeypatch.setattr(dispatch.importlib, "import_module", broken)
+    with caplog.at_level(logging.INFO):
+        assert dispatch.load_backend_kernels("cuda") == []
+        assert dispatch.load_backend_kernels("gpu") == []  # loads once per backend
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Mosaic GPU bindings" in warnings[0].getMessage()
+    assert "delta_rule.gpu" in warnings[0].getMessage()
+
+
+# ------------------------------------------------------------------------------------------------ Mosaic GPU
+
+
+def test_gpu_kernel_matches_oracle_in_gpu_interpreter():
+    """The Mosaic GPU body (TMA copies, barriers, wgmma through SMEM, relayouts) under the GPU interpreter."""
+    kernel = lambda *a, **kw: gdr_gpu.chunk_gated_delta_rule_gpu(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+    check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=64, dv=64, dtype=jnp.bfloat16, gated=True,
+                         with_state=True)
+
+
+@pytest.mark.slow
+def test_gpu_delta_rule_kernel_matches_oracle_in_gpu_interpreter():
+    kernel = lambda *a, **kw: dr_gpu.chunk_delta_rule_gpu(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+    check_against_oracle(kernel, fresh_seed(), b=1, t=130, h=2, dk=64, dv=64, dtype=jnp.float32, gated=False,
+                         with_state=True)
+
+
+def test_gpu_applies_sizes_smem():
+    q64, q128 = jnp.zeros((1, 64, 1, 64), jnp.bfloat16), jnp.zeros((1, 64, 1, 128), jnp.bfloat16)
+    b = jnp.zeros((1, 64, 1))
+    assert gdr_gpu.applies(q64, q64, q64, b, b, check_device=False)
+    assert not gdr_gpu.applies(q128, q128, q128, b, b, check_device=False)  # over the SMEM budget
+    assert not dr_gpu.applies(q64, q64, q64, b)  # no Hopper GPU here
+
+
+GPU_CASES = [(True, jnp.bfloat16, 2, 300, 2, True), (False, jnp.bfloat16, 2, 200, 3, True),
+             (True, jnp.float32, 1, 128, 2, False)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated,dtype,b,t,h,with_state", GPU_CASES)
+def test_gpu_kernels_match_oracle_on_hopper(gated, dtype, b, t, h, with_state):
+    fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
+    # fp32 operands run as tf32 on the tensor cores: tf32-level agreement, not the 1e-4 of the TPU path.
+    check_against_oracle(fn, fresh_seed(), b=b, t=t, h=h, dk=64, dv=64, dtype=dtype, gated=gated,
+                         with_state=with_state, fp32_tol=3e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_dispatch_picks_the_mosaic_kernel():
+    q = jnp.zeros((1, 64, 1, 64), jnp.bfloat16)
+    b = jnp.zeros((1, 64, 1))
+    path, kernel = dispatch.choose("gated_delta_rule", None, (q, q, q, b, b), dict(chunk_size=64))
+    assert path == "kernel" and kernel.fn is gdr_gpu.chunk_gated_delta_rule_gpu
