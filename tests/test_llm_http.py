@@ -88,7 +88,7 @@ def test_tool_calls_edit_workspace(dialect):
         client, _ = make_client(dialect, srv.url)
         prompt = render_prompt("researcher", parent_name="gated_deltanet", parent_summary="the seed",
                                parent_results="val_loss 3.10", parent_analysis="", references="", cognition="",
-                               recent_attempts="(none)", budget="20M parameters, 1B tokens")
+                               recent_attempts="(none)", budget="20M parameters, 1B tokens", operator="")
         reply = client.complete("researcher", prompt, schema=schemas.RESEARCHER, tools=workspace_tools(ws),
                                 check=workspace_program_check(ws))
     assert reply.ok, reply.failure

@@ -241,7 +241,8 @@ def test_offline_researcher_works_through_the_tools():
     ws = Workspace({"parent.py": baseline_source("deltanet"), "design.py": baseline_source("deltanet")},
                    read_only=["parent.py"])
     prompt = render_prompt("researcher", parent_name="deltanet", parent_summary="", parent_results="loss 1.2",
-                           parent_analysis="", references="", cognition="", recent_attempts="", budget="")
+                           parent_analysis="", references="", cognition="", recent_attempts="", budget="",
+                           operator="")
     msgs = with_evidence(prompt, {"draw": 0, "parent": {"name": "deltanet", "val_loss": 1.2}})
     reply = _client().complete("researcher", msgs, schema=schemas.RESEARCHER, tools=workspace_tools(ws))
     assert reply.ok, reply.failure
