@@ -64,6 +64,27 @@ def check_qkv(name: str, q, k, v, *per_head) -> None:
             raise ValueError(f"{name}: {arr_name} must be [batch, time, heads] = {q.shape[:3]}; got {arr.shape}")
 
 
+def kernel_head_dim(d: int, dims=(64, 128, 256)) -> int | None:
+    """The smallest head dim in `dims` that holds `d` (None when none does).
+
+    Zero-padding the key and value dims is exact for every recurrence here: padded key dims are zero in q and k,
+    so inner products, the state's real block and every output are unchanged, and the padded state rows and
+    columns stay zero (the padded output columns and state entries are sliced off). So a kernel tiled for 64
+    also serves head dim 32 (ASI-Arch's exploration-scale DeltaNet: d_model 256, 8 heads), at the cost of
+    computing on zeros.
+    """
+    fits = [x for x in sorted(dims) if x >= d]
+    return fits[0] if fits else None
+
+
+def pad_last(x: jax.Array, size: int) -> jax.Array:
+    """Zero-pads the last axis up to `size`."""
+    extra = size - x.shape[-1]
+    if extra == 0:
+        return x
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+
+
 def check_state(name: str, state, q, v) -> None:
     if state is None:
         return

@@ -85,6 +85,7 @@ TPU_CASES = [  # (gated, dtype, b, t, h, dk, dv, with_state)
     (True, jnp.float32, 1, 100, 2, 128, 64, True),    # both layouts at once, Dk != Dv
     (False, jnp.bfloat16, 1, 130, 2, 128, 128, True),  # lane-direct layout, no decay
     (False, jnp.float32, 1, 64, 1, 64, 64, False),   # exactly one chunk, no initial state
+    (True, jnp.bfloat16, 1, 70, 2, 32, 32, True),     # head dim 32 (exploration-scale DeltaNet), zero-padded to 64
 ]
 
 
@@ -119,7 +120,9 @@ def test_kernel_applies_rejects_what_it_cannot_do():
     assert gdr_tpu.applies(q, q, q, b, b)
     assert not gdr_tpu.applies(q, q, q, b, b, chunk_size=32)
     q32 = jnp.zeros((1, 64, 1, 32), jnp.bfloat16)
-    assert not gdr_tpu.applies(q32, q32, q32, b, b)
+    assert gdr_tpu.applies(q32, q32, q32, b, b)  # zero-padded to 64 (exact)
+    q320 = jnp.zeros((1, 64, 1, 320), jnp.bfloat16)
+    assert not gdr_tpu.applies(q320, q320, q320, b, b)  # above the largest tile
     q16 = q.astype(jnp.float16)
     assert not dr_tpu.applies(q16, q16, q16, b)
     assert not dr_tpu.applies(q, q, q.astype(jnp.float32), b)
@@ -179,8 +182,11 @@ def test_dispatch_lazily_loads_backend_kernels(monkeypatch):
     assert "pallas_kernels.gated_delta_rule.tpu" in text and "pallas_kernels.delta_rule.tpu" in text
     path, _ = dispatch.choose("delta_rule", None, (q, k, v, beta), dict(chunk_size=32))
     assert path == "xla"
-    path, _ = dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))  # head dim 8: no kernel
-    assert path == "xla"
+    path, _ = dispatch.choose("gated_delta_rule", None, args, dict(chunk_size=64))  # head dim 8: padded to 64
+    assert path == "kernel"
+    big = jnp.zeros((1, 64, 1, 512), jnp.bfloat16)
+    path, _ = dispatch.choose("gated_delta_rule", None, (big, big, big, g, beta), dict(chunk_size=64))
+    assert path == "xla"  # above the largest tile: no kernel
 
 
 def test_dispatch_warns_on_broken_kernel_module(monkeypatch):
@@ -224,20 +230,22 @@ def test_gpu_applies_sizes_smem():
     q64, q128 = jnp.zeros((1, 64, 1, 64), jnp.bfloat16), jnp.zeros((1, 64, 1, 128), jnp.bfloat16)
     b = jnp.zeros((1, 64, 1))
     assert gdr_gpu.applies(q64, q64, q64, b, b, check_device=False)
+    q32 = jnp.zeros((1, 64, 1, 32), jnp.bfloat16)
+    assert gdr_gpu.applies(q32, q32, q32, b, b, check_device=False)  # padded to 64, which fits
     assert not gdr_gpu.applies(q128, q128, q128, b, b, check_device=False)  # over the SMEM budget
     assert not dr_gpu.applies(q64, q64, q64, b)  # no Hopper GPU here
 
 
-GPU_CASES = [(True, jnp.bfloat16, 2, 300, 2, True), (False, jnp.bfloat16, 2, 200, 3, True),
-             (True, jnp.float32, 1, 128, 2, False)]
+GPU_CASES = [(True, jnp.bfloat16, 2, 300, 2, True, 64), (False, jnp.bfloat16, 2, 200, 3, True, 64),
+             (True, jnp.float32, 1, 128, 2, False, 64), (False, jnp.bfloat16, 2, 150, 2, True, 32)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("gated,dtype,b,t,h,with_state", GPU_CASES)
-def test_gpu_kernels_match_oracle_on_hopper(gated, dtype, b, t, h, with_state):
+@pytest.mark.parametrize("gated,dtype,b,t,h,with_state,d", GPU_CASES)
+def test_gpu_kernels_match_oracle_on_hopper(gated, dtype, b, t, h, with_state, d):
     fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
     # fp32 operands run as tf32 on the tensor cores: tf32-level agreement, not the 1e-4 of the TPU path.
-    check_against_oracle(fn, fresh_seed(), b=b, t=t, h=h, dk=64, dv=64, dtype=dtype, gated=gated,
+    check_against_oracle(fn, fresh_seed(), b=b, t=t, h=h, dk=d, dv=d, dtype=dtype, gated=gated,
                          with_state=with_state, fp32_tol=3e-3)
 
 

@@ -104,15 +104,21 @@ def test_gpu_kernels_interpreted_ragged_t_with_states_d64():
     check_against_oracle(jnp.bfloat16, b=1, t=150, h=1, dk=64, dv=64, with_state=True, fn=gpu_kernel)
 
 
+def test_head_dims_below_the_tile_are_zero_padded_exactly():
+    # 48 -> 64 on the TPU path (Dk) with Dv 32 native; 32 -> 64 on the GPU path (exploration-scale heads).
+    check_against_oracle(jnp.bfloat16, b=1, t=90, h=2, dk=48, dv=32, with_state=True)
+    check_against_oracle(jnp.bfloat16, b=1, t=70, h=1, dk=32, dv=32, with_state=True, fn=gpu_kernel)
+
+
 def test_gpu_kernels_interpreted_d128_two_value_blocks():
     check_against_oracle(jnp.bfloat16, b=1, t=128, h=2, dk=128, dv=128, with_state=False, fn=gpu_kernel)
 
 
-def test_gpu_registration_takes_bf16_64_128_only():
+def test_gpu_registration_takes_bf16_up_to_128_only():
     entry = dispatch._registry[("simple_gla", "gpu")]
     assert entry.fn is gpu.simple_gla_gpu
     g = jnp.zeros((1, 70, 2))
-    for d, ok in ((64, True), (128, True), (256, False), (32, False)):
+    for d, ok in ((64, True), (128, True), (256, False), (32, True)):  # 32 is zero-padded to 64
         x = jnp.zeros((1, 70, 2, d), jnp.bfloat16)
         assert entry.applies(x, x, x, g, chunk_size=64) is ok, d
     x = jnp.zeros((1, 70, 2, 64), jnp.float32)  # fp32 wgmma would be tf32: falls back to XLA
@@ -138,8 +144,8 @@ def test_registered_for_tpu_and_applies_rejects_what_it_cannot_do():
     assert entry.applies(x, x, x, g, chunk_size=64)
     assert entry.applies(x, x, jnp.zeros((1, 70, 2, 128), jnp.bfloat16), g, chunk_size=64)
     assert not entry.applies(x, x, x, g, chunk_size=32)  # only the chunk it was tested with
-    odd = jnp.zeros((1, 70, 2, 48), jnp.bfloat16)
-    assert not entry.applies(odd, odd, odd, g, chunk_size=64)  # head dim the kernel does not tile
+    odd = jnp.zeros((1, 70, 2, 300), jnp.bfloat16)
+    assert not entry.applies(odd, odd, odd, g, chunk_size=64)  # above the largest tile (smaller ones are padded)
     half = x.astype(jnp.float16)
     assert not entry.applies(half, half, half, g, chunk_size=64)
     assert not entry.applies(x, x.astype(jnp.float32), x, g, chunk_size=64)  # mixed dtypes

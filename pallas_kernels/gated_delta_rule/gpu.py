@@ -307,6 +307,9 @@ def _pair(gated: bool, scale: float, dtype, interpret) -> vjp.KernelPair:
                           functools.partial(_backward, m=m, interpret=interpret))
 
 
+GPU_HEAD_DIMS = (64, 128)  # smaller head dims are zero-padded to 64 by vjp.run
+
+
 def chunk_gated_delta_rule_gpu(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                                chunk_size=CHUNK, interpret=None):
     """Gated delta rule on a Hopper GPU (g=None: the plain delta rule, decay math compiled out).
@@ -315,7 +318,7 @@ def chunk_gated_delta_rule_gpu(q, k, v, g, beta, *, scale=None, initial_state=No
     """
     make = lambda gated, sc, dt: _pair(gated, sc, dt, interpret)  # noqa: E731
     return vjp.run(make, q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                   output_final_state=output_final_state, chunk_size=chunk_size)
+                   output_final_state=output_final_state, chunk_size=chunk_size, head_dims=GPU_HEAD_DIMS)
 
 
 def _is_hopper() -> bool:
@@ -331,11 +334,12 @@ def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
 
 
 def applies(q, k, v, g, beta, *, check_device=True, **kwargs) -> bool:
-    if not vjp.applies(q, k, v, g, beta, head_dims=(64, 128), **kwargs):
+    if not vjp.applies(q, k, v, g, beta, head_dims=GPU_HEAD_DIMS, **kwargs):
         return False
     if check_device and not _is_hopper():
         return False
-    return fits_smem(g is not None, q.shape[-1], v.shape[-1], jnp.dtype(q.dtype))
+    dk, dv = (vjp.common.kernel_head_dim(d, GPU_HEAD_DIMS) for d in (q.shape[-1], v.shape[-1]))
+    return fits_smem(g is not None, dk, dv, jnp.dtype(q.dtype))
 
 
 register_kernel("gated_delta_rule", "gpu", chunk_gated_delta_rule_gpu, applies)

@@ -60,7 +60,8 @@ def applies(q, k, v, g, beta, *, chunk_size=64, initial_state=None, head_dims=(6
     """Whether the Pallas kernels handle these inputs; anything else goes to the XLA implementation."""
     if chunk_size != 64 or q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
         return False
-    if q.shape[-1] not in head_dims or v.shape[-1] not in head_dims:
+    # Smaller head dims are zero-padded up to a supported one (exact, see common.kernel_head_dim).
+    if any(common.kernel_head_dim(d, head_dims) is None for d in (q.shape[-1], v.shape[-1])):
         return False
     if not (jnp.dtype(q.dtype) == jnp.dtype(k.dtype) == jnp.dtype(v.dtype)) or jnp.dtype(q.dtype) not in \
             SUPPORTED_DTYPES:
@@ -69,8 +70,9 @@ def applies(q, k, v, g, beta, *, chunk_size=64, initial_state=None, head_dims=(6
 
 
 def run(make_pair: Callable[[bool, float, jnp.dtype], KernelPair], q, k, v, g, beta, *, scale=None,
-        initial_state=None, output_final_state=False, chunk_size=64):
-    """The ops-facing entry: checks, pads time to the chunk, runs the custom_vjp core, trims.
+        initial_state=None, output_final_state=False, chunk_size=64, head_dims=(64, 128, 256)):
+    """The ops-facing entry: checks, pads time to the chunk and head dims to a kernel's, runs the custom_vjp
+    core, trims. Head dims below the smallest of `head_dims` are zero-padded (exact; see common.kernel_head_dim).
 
     make_pair(gated, scale, mm_dtype) builds the backend's KernelPair (static per trace).
     """
@@ -88,8 +90,14 @@ def run(make_pair: Callable[[bool, float, jnp.dtype], KernelPair], q, k, v, g, b
     scale = float(common.default_scale(q, scale))
     pad = lambda x: common.pad_time(x, chunk_size)  # noqa: E731  (zero padding is exact, see common.pad_time)
     s0 = jnp.zeros((bsz, heads, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
+    dk_p, dv_p = common.kernel_head_dim(dk, head_dims), common.kernel_head_dim(dv, head_dims)
+    if dk_p is None or dv_p is None:
+        raise ValueError(f"{name}: head dims {dk}, {dv} exceed the kernels' largest ({max(head_dims)})")
+    q, k, v = common.pad_last(q, dk_p), common.pad_last(k, dk_p), common.pad_last(v, dv_p)
+    s0 = jnp.pad(s0, ((0, 0), (0, 0), (0, dk_p - dk), (0, dv_p - dv)))
     pair = make_pair(g is not None, scale, dtype)
     o, s_final = _core(pair, pad(q), pad(k), pad(v), None if g is None else pad(g.astype(f32)),
                        pad(beta.astype(f32)), s0)
-    o = o[:, :seqlen]
+    o = o[:, :seqlen, :, :dv]
+    s_final = s_final[:, :, :dk, :dv]
     return (o, s_final) if output_final_state else o

@@ -293,19 +293,23 @@ KERNELS = vjp.KernelSet(forward=forward, states=states, backward=backward)
 _core = vjp.make_core(KERNELS)
 
 
+GPU_HEAD_DIMS = (64, 128)  # smaller head dims are zero-padded to 64 by vjp.run
+
+
 def simple_gla_gpu(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, chunk_size=64,
                    interpret=None):
     """aira_jax.ops.simple_gla on Mosaic GPU (Hopper); `interpret=plgpu.InterpretGPUParams()` runs it on CPU."""
     if chunk_size != 64:
         raise ValueError(f"simple_gla gpu kernel: chunk_size must be 64 (wgmma's M), got {chunk_size}")
     return vjp.run(_core, q, k, v, g, scale=scale, initial_state=initial_state,
-                   output_final_state=output_final_state, chunk_size=chunk_size, interpret=interpret)
+                   output_final_state=output_final_state, chunk_size=chunk_size, interpret=interpret,
+                   head_dims=GPU_HEAD_DIMS)
 
 
 def applies(q, k, v, g, *, chunk_size=64, **_) -> bool:
     # bf16 only (fp32 wgmma would be tf32, below the fp32 bar); head dims 64/128 (the gradient kernel keeps
     # q, k, v, dO, both states and its staging tiles in shared memory: ~200 KiB at 128).
-    return (vjp.supported(q, k, v, g, chunk_size=chunk_size, dims=(64, 128))
+    return (vjp.supported(q, k, v, g, chunk_size=chunk_size, dims=GPU_HEAD_DIMS)
             and jnp.dtype(q.dtype) == jnp.dtype(bf16))
 
 

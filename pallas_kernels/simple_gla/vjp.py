@@ -73,8 +73,9 @@ def head_major(x: jax.Array, chunk: int) -> jax.Array:
 
 
 def run(core, q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, chunk_size=64,
-        interpret: Any = False):
-    """The ops-level signature on top of a core from make_core: checks, padding, layout, state in/out."""
+        interpret: Any = False, head_dims=(32, 64, 128, 256)):
+    """The ops-level signature on top of a core from make_core: checks, padding (time to the chunk, head dims up
+    to the smallest of `head_dims` that holds them: exact, see common.kernel_head_dim), layout, state in/out."""
     common.check_qkv("simple_gla", q, k, v, ("g", g))
     common.check_state("simple_gla", initial_state, q, v)
     bsz, seqlen, heads, dk = q.shape
@@ -83,14 +84,19 @@ def run(core, q, k, v, g, *, scale=None, initial_state=None, output_final_state=
     scale = float(common.default_scale(q, scale))
     v = v.astype(q.dtype) if v.dtype != q.dtype else v
     k = k.astype(q.dtype) if k.dtype != q.dtype else k
-    s0 = (jnp.zeros((bsz * heads, dk, dv), f32) if initial_state is None
-          else initial_state.astype(f32).reshape(bsz * heads, dk, dv))
+    dk_p, dv_p = common.kernel_head_dim(dk, head_dims), common.kernel_head_dim(dv, head_dims)
+    if dk_p is None or dv_p is None:
+        raise ValueError(f"simple_gla: head dims {dk}, {dv} exceed the kernels' largest ({max(head_dims)})")
+    q, k, v = common.pad_last(q, dk_p), common.pad_last(k, dk_p), common.pad_last(v, dv_p)
+    s0 = (jnp.zeros((bsz * heads, dk_p, dv_p), f32) if initial_state is None
+          else jnp.pad(initial_state.astype(f32).reshape(bsz * heads, dk, dv),
+                       ((0, 0), (0, dk_p - dk), (0, dv_p - dv))))
     gh = head_major(g.astype(f32), chunk_size)
     o, s_final = core(head_major(q, chunk_size), head_major(k, chunk_size), head_major(v, chunk_size), gh, s0,
                       scale, chunk_size, interpret)
-    o = jnp.moveaxis(o.reshape(bsz, heads, -1, dv), 1, 2)[:, :seqlen].astype(out_dtype)
+    o = jnp.moveaxis(o.reshape(bsz, heads, -1, dv_p), 1, 2)[:, :seqlen, :, :dv].astype(out_dtype)
     if output_final_state:
-        return o, s_final.reshape(bsz, heads, dk, dv)
+        return o, s_final[:, :dk, :dv].reshape(bsz, heads, dk, dv)
     return o
 
 
@@ -102,5 +108,5 @@ def supported(q, k, v, g, *, chunk_size=64, dims=(64, 128, 256), max_state_elems
         return False
     if jnp.dtype(k.dtype) != jnp.dtype(q.dtype) or jnp.dtype(v.dtype) != jnp.dtype(q.dtype):
         return False
-    dk, dv = q.shape[-1], v.shape[-1]
-    return chunk_size == 64 and dk in dims and dv in dims and dk * dv <= max_state_elems
+    dk, dv = (common.kernel_head_dim(d, dims) for d in (q.shape[-1], v.shape[-1]))  # padded up (exact)
+    return chunk_size == 64 and dk is not None and dv is not None and dk * dv <= max_state_elems
