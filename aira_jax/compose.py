@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from aira_jax.discover import BACKENDS, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, \
-    _setup_logging
+    _setup_logging, load_config, parse_flags
 
 
 class _Flags:
@@ -42,24 +42,10 @@ class _Flags:
 
 
 def _parse(argv: list[str]):
-    try:
-        f = _Flags(argv)
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001  (flag errors, an override naming an unknown field)
-        raise UsageError(' '.join(str(e).split())[:400]) from e
+    f = parse_flags(_Flags, argv)
     if not f.workdir.value:
         raise UsageError('--workdir is required')
-    if f.config.value is None:
-        raise UsageError('--config is required (e.g. --config=configs/compose_tiny.py)')
-    try:
-        cfg = f.config.value
-        cfg.keys()
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"could not load --config: {' '.join(str(e).split())[:400]}") from e
-    for section in ('compose', 'engineer'):
-        if section not in cfg:
-            raise UsageError(f'--config has no `{section}` section; start from configs/compose_tiny.py')
+    cfg = load_config(f.config, ('compose', 'engineer'), 'configs/compose_tiny.py')
     with cfg.unlocked():
         if f.llm.value:
             cfg.llm.backend = f.llm.value

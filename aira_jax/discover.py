@@ -53,9 +53,10 @@ class _Flags:
             raise UsageError(f"unexpected arguments {rest[1:]}")
 
 
-def _parse(argv: list[str]) -> _Flags:
+def parse_flags(make, argv: list[str]):
+    """`make(argv)` (a flags holder); absl/config_flags errors become UsageError with a readable message."""
     try:
-        return _Flags(argv)
+        return make(argv)
     except UsageError:
         raise
     except Exception as e:  # flag errors, a config override naming an unknown field
@@ -65,17 +66,23 @@ def _parse(argv: list[str]) -> _Flags:
         raise UsageError(text) from e
 
 
-def _config(f: _Flags) -> Any:
-    if not f.config.value and f.config.value is None:
-        raise UsageError("--config is required (e.g. --config=configs/discover_tiny.py)")
+def load_config(flag, sections: tuple[str, ...], example: str) -> Any:
+    """The loaded --config (config_flags loads lazily: a broken file raises here), with its required sections."""
+    if flag.value is None:
+        raise UsageError(f"--config is required (e.g. --config={example})")
     try:
-        cfg = f.config.value
-        cfg.keys()  # config_flags loads lazily: a broken file raises here
+        cfg = flag.value
+        cfg.keys()
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"could not load --config: {' '.join(str(e).split())[:400]}") from e
-    for section in ("seed", "loop", "pool", "fitness", "engineer", "llm"):
+    for section in sections:
         if section not in cfg:
-            raise UsageError(f"--config has no `{section}` section; start from configs/discover_tiny.py")
+            raise UsageError(f"--config has no `{section}` section; start from {example}")
+    return cfg
+
+
+def _config(f: _Flags) -> Any:
+    cfg = load_config(f.config, ("seed", "loop", "pool", "fitness", "engineer", "llm"), "configs/discover_tiny.py")
     if f.llm.value:
         with cfg.unlocked():
             cfg.llm.backend = f.llm.value
@@ -107,7 +114,7 @@ def _setup_logging(workdir: str, verbose: bool, log_name: str = "discover.log") 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
-        f = _parse(argv)
+        f = parse_flags(_Flags, argv)
         if not f.workdir.value:
             raise UsageError("--workdir is required")
         cfg = _config(f)

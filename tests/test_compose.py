@@ -287,3 +287,16 @@ def test_store_design_programs_become_primitives(tmp_path):
     cfg.compose.store_designs = ('dn-leaky',)
     with pytest.raises(ComposeConfigError, match='never passed the gates'):
         ComposeSearch(cfg, str(tmp_path / 'run3'))
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    import pathlib
+    from aira_jax import compose as cli
+    configs = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+    base = ['aira-compose', f'--workdir={tmp_path}']
+    assert cli.main(base + [f'--config={configs / "discover_tiny.py"}']) == 2
+    assert 'no `compose` section' in capsys.readouterr().err
+    assert cli.main(base + [f'--config={configs / "compose_tiny.py"}', '--config.compose.nope=1']) == 2
+    assert 'nope' in capsys.readouterr().err
+    assert cli.main(['aira-compose', f'--config={configs / "compose_tiny.py"}']) == 2
+    assert '--workdir is required' in capsys.readouterr().err

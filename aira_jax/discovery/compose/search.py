@@ -96,9 +96,8 @@ class ComposeSearch:
                 progs[name] = d.source
         finally:
             other.close()
-        with self.cfg.unlocked() if hasattr(self.cfg, 'unlocked') else _null():
-            self.cfg.compose.primitives = tuple(self.cfg.compose.primitives) + tuple(f'design:{n}' for n in progs)
-        self.s = compose_settings(self.cfg.compose)
+        extra = tuple(f'design:{n}' for n in progs if f'design:{n}' not in self.s.primitives)
+        self.s = dataclasses.replace(self.s, primitives=self.s.primitives + extra).validate()
         return progs
 
     def _composer(self):
@@ -293,10 +292,3 @@ class ComposeSearch:
     def close(self) -> None:
         self.store.close()
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import logging
 
-from aira_jax.discovery.engineer import Debugger, Engineer
+from aira_jax.discovery.engineer import Debugger
 from aira_jax.discovery.engineer_settings import ConfigOverrideError, EngineerSettings
 from aira_jax.discovery.train_queue import train_queue
 from aira_jax.discovery.records import Status
@@ -176,15 +176,10 @@ class _Ladder:
                       'them too (give the ladder its own rung names)', rung.name, foreign[:10])
     settings = dataclasses.replace(self.engineer, scale=rung.name, seeds=rung.seeds or self.engineer.seeds)
     self.emit('training', rung.name, message=f'{len(queued)} experiment(s), seeds {list(settings.seeds)}')
-    if self.workers > 1:  # Engineers side by side; each drains the rung's queue
-      train_queue(self.store, settings, workers=self.workers, stop=self.stop or threading.Event(),
-                  prefix=f'ladder-{rung.name}-{os.getpid()}', debugger=self.debugger)
-      return len(queued) - len(pending())
-    engineer = Engineer(self.store, settings, worker_id=f'ladder-{rung.name}-{os.getpid()}', debugger=self.debugger)
-    # Ours carry the ladder's priority, so they are claimed first; a second pass drains what others held.
-    engineer.work(stop=self.stop, max_experiments=len(queued), idle_exit=True)
-    if pending() and not self.stopped():
-      engineer.work(stop=self.stop, idle_exit=True)
+    # Ours carry the ladder's priority, so they are claimed first; the Engineers drain the rung's queue, also what
+    # other workers held and released, and run side by side when workers > 1.
+    train_queue(self.store, settings, workers=self.workers, stop=self.stop or threading.Event(),
+                prefix=f'ladder-{rung.name}-{os.getpid()}', debugger=self.debugger)
     return len(queued) - len(pending())
 
   # ------------------------------------------------------------------------------------------ one rung

@@ -168,15 +168,7 @@ class LadderSettings:
       if isinstance(r, Rung):
         parsed.append(r)
         continue
-      r = _plain(r)
-      if not isinstance(r, Mapping):
-        raise LadderConfigError(f'ladder.rungs[{i}] must be a mapping, got {type(r).__name__}')
-      fields = {f.name for f in dataclasses.fields(Rung)}
-      unknown = sorted(set(r) - fields)
-      if unknown:
-        raise LadderConfigError(f'ladder.rungs[{i}] has unknown field(s) {unknown}; known: {", ".join(sorted(fields))}')
-      if 'name' not in r:
-        raise LadderConfigError(f'ladder.rungs[{i}] needs a name')
+      r = _fields_of(r, Rung, f'ladder.rungs[{i}]', required='name')
       parsed.append(Rung(**{k: (tuple(v) if k == 'seeds' and isinstance(v, list) else v) for k, v in r.items()}))
     if not parsed:
       raise LadderConfigError('ladder.rungs must name at least one rung')
@@ -212,13 +204,19 @@ def ladder_settings_from_config(cfg: Any) -> LadderSettings:
       section = cfg['ladder']
   except TypeError:
     pass
-  section = _plain(section)
-  if not isinstance(section, Mapping):
-    raise LadderConfigError(f'ladder config must be a mapping, got {type(section).__name__}')
-  fields = {f.name for f in dataclasses.fields(LadderSettings)}
-  unknown = sorted(set(section) - fields)
+  return LadderSettings(**_fields_of(section, LadderSettings, 'ladder config', required='rungs'))
+
+
+def _fields_of(value: Any, cls: type, where: str, *, required: str) -> dict[str, Any]:
+  """`value` as a plain dict of `cls`'s fields; a non-mapping, an unknown field or a missing `required` one is a
+  LadderConfigError naming `where`."""
+  value = _plain(value)
+  if not isinstance(value, Mapping):
+    raise LadderConfigError(f'{where} must be a mapping, got {type(value).__name__}')
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(value) - fields)
   if unknown:
-    raise LadderConfigError(f'ladder config has unknown field(s) {unknown}; known: {", ".join(sorted(fields))}')
-  if 'rungs' not in section:
-    raise LadderConfigError('ladder config needs rungs')
-  return LadderSettings(**dict(section))
+    raise LadderConfigError(f'{where} has unknown field(s) {unknown}; known: {", ".join(sorted(fields))}')
+  if required not in value:
+    raise LadderConfigError(f'{where} needs {"a " + required if required == "name" else required}')
+  return dict(value)
