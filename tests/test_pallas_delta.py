@@ -226,18 +226,33 @@ def test_gpu_delta_rule_kernel_matches_oracle_in_gpu_interpreter():
                          with_state=True)
 
 
+@pytest.mark.parametrize("gated,dk,dv", [(True, 128, 128), pytest.param(False, 64, 128, marks=pytest.mark.slow)])
+def test_gpu_kernel_value_blocks_match_oracle_in_gpu_interpreter(gated, dk, dv):
+    """Dv = 128 runs as two 64-column value blocks per head: partial dq, dk, dbeta, dg summed, dv and dS0 joined."""
+    assert gdr_gpu.value_blocks(dv) == 2
+    fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
+    kernel = lambda *a, **kw: fn(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+    check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=dk, dv=dv, dtype=jnp.bfloat16, gated=gated,
+                         with_state=True)
+
+
 def test_gpu_applies_sizes_smem():
-    q64, q128 = jnp.zeros((1, 64, 1, 64), jnp.bfloat16), jnp.zeros((1, 64, 1, 128), jnp.bfloat16)
     b = jnp.zeros((1, 64, 1))
-    assert gdr_gpu.applies(q64, q64, q64, b, b, check_device=False)
-    q32 = jnp.zeros((1, 64, 1, 32), jnp.bfloat16)
-    assert gdr_gpu.applies(q32, q32, q32, b, b, check_device=False)  # padded to 64, which fits
-    assert not gdr_gpu.applies(q128, q128, q128, b, b, check_device=False)  # over the SMEM budget
-    assert not dr_gpu.applies(q64, q64, q64, b)  # no Hopper GPU here
+    qs = {d: jnp.zeros((1, 64, 1, d), dt) for d, dt in ((32, jnp.bfloat16), (64, jnp.bfloat16),
+                                                         (128, jnp.bfloat16), (256, jnp.bfloat16))}
+    assert gdr_gpu.applies(qs[64], qs[64], qs[64], b, b, check_device=False)
+    assert gdr_gpu.applies(qs[32], qs[32], qs[32], b, b, check_device=False)  # padded to 64, which fits
+    assert gdr_gpu.applies(qs[128], qs[128], qs[128], b, b, check_device=False)  # two value blocks of 64
+    assert not gdr_gpu.applies(qs[256], qs[256], qs[256], b, b, check_device=False)  # no 256 kernel on GPU
+    q128_32 = qs[128].astype(jnp.float32)
+    assert not gdr_gpu.applies(q128_32, q128_32, q128_32, b, b, check_device=False)  # fp32 D128: over SMEM
+    assert gdr_gpu.fits_smem(True, 128, 128, jnp.bfloat16) and not gdr_gpu.fits_smem(True, 128, 128, jnp.float32)
+    assert not dr_gpu.applies(qs[64], qs[64], qs[64], b)  # no Hopper GPU here
 
 
 GPU_CASES = [(True, jnp.bfloat16, 2, 300, 2, True, 64), (False, jnp.bfloat16, 2, 200, 3, True, 64),
-             (True, jnp.float32, 1, 128, 2, False, 64), (False, jnp.bfloat16, 2, 150, 2, True, 32)]
+             (True, jnp.float32, 1, 128, 2, False, 64), (False, jnp.bfloat16, 2, 150, 2, True, 32),
+             (True, jnp.bfloat16, 2, 200, 2, True, 128), (False, jnp.bfloat16, 1, 300, 3, True, 128)]
 
 
 @pytest.mark.gpu

@@ -10,10 +10,17 @@ through an SMEM buffer by TMA. The chunk math is chunk_math.py, shared with the 
     sums, broadcasting along columns) it is re-laid out through a small SMEM buffer.
 The forward under differentiation also writes the state at the start of every chunk (see vjp.py).
 
-Limits: all SMEM buffers must fit SMEM_BUDGET (`applies` sizes them): today that admits Dk = Dv = 64 (113 KiB
-bf16, 145 KiB fp32); D = 128 needs ~265 KiB with this one-buffer-per-operand plan and falls back to XLA until
-the staging buffers are reused as wgmma operands. fp32 inputs use tf32 wgmma, so fp32 accuracy on GPU is
-tf32-level, not the 1e-6 of the TPU/XLA paths.
+Value blocks: the recurrence is separable along the value axis (each column block of S evolves on its own,
+given the chunk's k, beta, g), so Dv is split into blocks of VALUE_BLOCK columns, one CTA per (batch, head,
+value block). Every CTA recomputes the Dk-side chunk quantities (K K^T, the triangular inverse, W); the
+backward is linear in the per-block adjoints, so each CTA writes partial dq, dk, dbeta, dg that are summed
+outside the kernel, and its own dv and dS0 columns. D = 128 thus runs as two [128, 64] state blocks: half the
+state registers and more CTAs for the SMs (B8 H8 gives 128 CTAs instead of 64).
+
+Limits: all SMEM buffers must fit SMEM_BUDGET (`applies` sizes them; output tiles reuse the input staging
+buffers): bf16 fits Dk <= 128 with 64-column value blocks (about 169 KiB forward, 177 KiB backward at
+Dk = 128); fp32 fits Dk = 64 only, larger fp32 heads fall back to XLA. fp32 inputs use tf32 wgmma, so fp32
+accuracy on GPU is tf32-level, not the 1e-6 of the TPU/XLA paths.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from pallas_kernels.gated_delta_rule import chunk_math, vjp
 from pallas_kernels.common import f32
 
 CHUNK = 64
+VALUE_BLOCK = 64  # value columns per CTA (Dv is split into Dv / VALUE_BLOCK blocks)
 SMEM_BUDGET = 200 * 1024  # bytes of dynamic SMEM we allow ourselves (H100: 227 KiB per CTA)
 ROW = plgpu.Layout.WGMMA.reduce(1)  # a vec indexed by the row of a WGMMA-layout matrix
 COL = plgpu.Layout.WGMMA.reduce(0)  # a vec indexed by its column
@@ -70,9 +78,9 @@ def _operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: b
 
 
 def _smem_bytes(keys, c, dk, dv, in_dtype, backward: bool) -> int:
-    """Operand buffers plus the staging buffers _forward / _backward allocate (q, k, v, o or + do, dq, dk, dv)."""
+    """Operand buffers plus the staging tiles _forward / _backward allocate: q, k, v (+ do); outputs reuse them."""
     operand = sum(r * k * jnp.dtype(d).itemsize for _, (r, k), d in keys)
-    tiles = (2 * c * dk + 2 * c * dv) if not backward else (4 * c * dk + 3 * c * dv + c * dv)
+    tiles = 2 * c * dk + (2 if backward else 1) * c * dv
     return operand + tiles * jnp.dtype(in_dtype).itemsize + dk * dv * 4 + 5 * c * 4
 
 
@@ -126,7 +134,13 @@ def _scratch(keys, extra):
     return bufs + extra
 
 
-def _forward_kernel(*refs, m, keys, save_states, num_chunks):
+def _program_ids(blocks: int):
+    """(row of the per-value-block arrays, row of the per-head arrays q, k, g, beta) of this CTA."""
+    bhv = lax.axis_index("bh")
+    return bhv, (bhv if blocks == 1 else lax.div(bhv, blocks))
+
+
+def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -134,43 +148,45 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks):
     o_ref, sfin_ref = next(it), next(it)
     states_ref = next(it) if save_states else None
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, g_s, b_s, o_s, st_s, vec_s, bar = (next(it) for _ in range(9))
-    bh = lax.axis_index("bh")
+    q_s, k_s, v_s, g_s, b_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    o_s = v_s  # v is in registers once the chunk math has started: its tile stages the output
+    bhv, bh = _program_ids(blocks)
     gm = _GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
-    plgpu.copy_gmem_to_smem(s0_ref.at[bh], st_s, bar.at[0])
+    plgpu.copy_gmem_to_smem(s0_ref.at[bhv], st_s, bar.at[0])
     plgpu.barrier_wait(bar.at[0])
     s0 = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
 
     def step(n, s):
         rows = pl.ds(n * c, c)
-        loads = [(q_ref, q_s), (k_ref, k_s), (v_ref, v_s), (beta_ref, b_s)] + ([(g_ref, g_s)] if m.gated else [])
+        loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
+                 (beta_ref.at[bh, rows], b_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else [])
         for i, (src, dst) in enumerate(loads):
-            plgpu.copy_gmem_to_smem(src.at[bh, rows], dst, bar.at[i])
+            plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
         for i in range(len(loads)):
             plgpu.barrier_wait(bar.at[i])
         if save_states:
             st_s[...] = s
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(st_s, states_ref.at[bh, n])
+            plgpu.copy_smem_to_gmem(st_s, states_ref.at[bhv, n])
         beta = plgpu.load(b_s, layout=ROW)
         g = plgpu.load(g_s, layout=ROW) if m.gated else None
         o, s_new = chunk_math.chunk_forward(q_s[...], k_s[...], v_s[...], beta, g, s, gm)
         o_s[...] = o.astype(o_s.dtype)
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_s, o_ref.at[bh, rows])
-        plgpu.wait_smem_to_gmem(0)  # o_s / st_s are rewritten next step
+        plgpu.copy_smem_to_gmem(o_s, o_ref.at[bhv, rows])
+        plgpu.wait_smem_to_gmem(0)  # v_s (o) / st_s are refilled next step
         return s_new
 
     s_fin = lax.fori_loop(0, num_chunks, step, s0)
     st_s[...] = s_fin
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(st_s, sfin_ref.at[bh])
+    plgpu.copy_smem_to_gmem(st_s, sfin_ref.at[bhv])
     plgpu.wait_smem_to_gmem(0)
 
 
-def _backward_kernel(*refs, m, keys, num_chunks):
+def _backward_kernel(*refs, m, keys, num_chunks, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -179,20 +195,21 @@ def _backward_kernel(*refs, m, keys, num_chunks):
     dg_ref = next(it) if m.gated else None
     dbeta_ref, ds0_ref = next(it), next(it)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, do_s, g_s, b_s, st_s, dq_s, dk_s, dv_s, vo_s, vec_s, bar = (next(it) for _ in range(13))
-    bh = lax.axis_index("bh")
+    q_s, k_s, v_s, do_s, g_s, b_s, st_s, vo_s, vec_s, bar = (next(it) for _ in range(10))
+    dq_s, dk_s, dv_s = q_s, k_s, v_s  # the inputs are in registers once the chunk math runs: reuse their tiles
+    bhv, bh = _program_ids(blocks)
     gm = _GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
-    plgpu.copy_gmem_to_smem(dsfin_ref.at[bh], st_s, bar.at[0])
+    plgpu.copy_gmem_to_smem(dsfin_ref.at[bhv], st_s, bar.at[0])
     plgpu.barrier_wait(bar.at[0])
     ds_fin = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
 
     def step(i, ds_next):
         n = num_chunks - 1 - i
         rows = pl.ds(n * c, c)
-        loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bh, rows], v_s),
-                 (do_ref.at[bh, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bh, n], st_s)]
+        loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
+                 (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s)]
         if m.gated:
             loads.append((g_ref.at[bh, rows], g_s))
         for j, (src, dst) in enumerate(loads):
@@ -204,7 +221,8 @@ def _backward_kernel(*refs, m, keys, num_chunks):
         s = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
         dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(
             q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...], ds_next, gm)
-        outs = [(dq, dq_s, dq_ref.at[bh, rows]), (dk, dk_s, dk_ref.at[bh, rows]), (dv, dv_s, dv_ref.at[bh, rows])]
+        outs = [(dq, dq_s, dq_ref.at[bhv, rows]), (dk, dk_s, dk_ref.at[bhv, rows]),
+                (dv, dv_s, dv_ref.at[bhv, rows])]
         for val, buf, dst in outs:
             buf[...] = val.astype(buf.dtype)
         vo_s[0] = dbeta
@@ -213,16 +231,16 @@ def _backward_kernel(*refs, m, keys, num_chunks):
         plgpu.commit_smem()
         for _, buf, dst in outs:
             plgpu.copy_smem_to_gmem(buf, dst)
-        plgpu.copy_smem_to_gmem(vo_s.at[0], dbeta_ref.at[bh, rows])
+        plgpu.copy_smem_to_gmem(vo_s.at[0], dbeta_ref.at[bhv, rows])
         if m.gated:
-            plgpu.copy_smem_to_gmem(vo_s.at[1], dg_ref.at[bh, rows])
+            plgpu.copy_smem_to_gmem(vo_s.at[1], dg_ref.at[bhv, rows])
         plgpu.wait_smem_to_gmem(0)
         return ds
 
     ds0 = lax.fori_loop(0, num_chunks, step, ds_fin)
     st_s[...] = ds0
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(st_s, ds0_ref.at[bh])
+    plgpu.copy_smem_to_gmem(st_s, ds0_ref.at[bhv])
     plgpu.wait_smem_to_gmem(0)
 
 
@@ -237,67 +255,110 @@ def _heads_back(y, b, h):
     return jnp.swapaxes(y, 1, 2)
 
 
-def _call(body, args, out_shape, scratch, *, interpret, name):
-    """One CTA per row of the leading (batch*heads) axis.
+def _values_first(x, blocks: int):
+    """v-like [B, T, H, Dv] -> [B*H*blocks, T, Dv/blocks]: one row per (batch, head, value block)."""
+    b, t, h, dv = x.shape
+    x = x.reshape(b, t, h, blocks, dv // blocks).transpose(0, 2, 3, 1, 4)
+    return x.reshape(b * h * blocks, t, dv // blocks)
 
-    The GPU interpreter runs one block per call, so under `interpret` the same kernel runs once per head.
+
+def _values_back(y, b, h):
+    """Inverse of _values_first: [B*H*blocks, T, Dv/blocks] -> [B, T, H, Dv]."""
+    blocks = y.shape[0] // (b * h)
+    y = y.reshape(b, h, blocks, y.shape[1], y.shape[2]).transpose(0, 3, 1, 2, 4)
+    return y.reshape(b, y.shape[1], h, blocks * y.shape[4])
+
+
+def _state_first(s, blocks: int):
+    """[B, H, Dk, Dv] -> [B*H*blocks, Dk, Dv/blocks]."""
+    b, h, dk, dv = s.shape
+    s = s.reshape(b, h, dk, blocks, dv // blocks).transpose(0, 1, 3, 2, 4)
+    return s.reshape(b * h * blocks, dk, dv // blocks)
+
+
+def _state_back(y, b, h):
+    blocks = y.shape[0] // (b * h)
+    y = y.reshape(b, h, blocks, y.shape[1], y.shape[2]).transpose(0, 1, 3, 2, 4)
+    return y.reshape(b, h, y.shape[2], blocks * y.shape[4])
+
+
+def _sum_blocks(y, b, h):
+    """Partial gradients [B*H*blocks, T, ...] of the value blocks -> their fp32 sum in the op layout [B, T, H, ...]."""
+    y = y.reshape(b * h, y.shape[0] // (b * h), *y.shape[1:]).astype(f32).sum(axis=1)
+    return _heads_back(y, b, h)
+
+
+def value_blocks(dv: int) -> int:
+    return max(1, dv // VALUE_BLOCK)
+
+
+def _call(body, args, shared, out_shape, scratch, *, interpret, name):
+    """One CTA per row of the leading (batch*heads*value blocks) axis of the outputs.
+
+    `shared[i]` is how many CTAs share row r of args[i] (value blocks share q, k, g, beta: CTA j reads row
+    j // shared[i]). The GPU interpreter runs one block per call, so under `interpret` the same kernel runs once
+    per row.
     """
-    bh = args[0].shape[0]
-    params = plgpu.CompilerParams()
+    rows = out_shape[0].shape[0]
     if not interpret:
-        return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=(bh,), grid_names=("bh",),
-                            compiler_params=params, kernel_name=name)(*args)
-    per_head = [jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in out_shape]
-    outs = [plgpu.kernel(body, out_type=per_head, scratch_types=scratch, grid=(1,), grid_names=("bh",),
-                         interpret=interpret, kernel_name=name)(*(a[i:i + 1] for a in args)) for i in range(bh)]
+        return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=(rows,), grid_names=("bh",),
+                            compiler_params=plgpu.CompilerParams(), kernel_name=name)(*args)
+    per_row = [jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in out_shape]
+    call = plgpu.kernel(body, out_type=per_row, scratch_types=scratch, grid=(1,), grid_names=("bh",),
+                        interpret=interpret, kernel_name=name)
+    outs = [call(*(a[i // n:i // n + 1] for a, n in zip(args, shared))) for i in range(rows)]
     return [jnp.concatenate(parts, axis=0) for parts in zip(*outs)]
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     bsz, tp, heads, dk = q.shape
-    dv = v.shape[-1]
-    c, nc = CHUNK, tp // CHUNK
+    blocks = value_blocks(v.shape[-1])
+    dv = v.shape[-1] // blocks  # columns per CTA
+    c, nc, rows = CHUNK, tp // CHUNK, bsz * heads * blocks
     keys = _operand_keys(m, c, dk, dv, backward=False)
-    args = [_heads_first(q), _heads_first(k), _heads_first(v)] + ([_heads_first(g)] if m.gated else []) \
-        + [_heads_first(beta), s0.reshape(bsz * heads, dk, dv)]
-    out_shape = [jax.ShapeDtypeStruct((bsz * heads, tp, dv), v.dtype),
-                 jax.ShapeDtypeStruct((bsz * heads, dk, dv), f32)]
+    per_head = [_heads_first(q), _heads_first(k)] + ([_heads_first(g)] if m.gated else []) + [_heads_first(beta)]
+    args = per_head[:2] + [_values_first(v, blocks)] + per_head[2:] + [_state_first(s0, blocks)]
+    shared = [blocks, blocks, 1] + [blocks] * (len(per_head) - 2) + [1]
+    out_shape = [jax.ShapeDtypeStruct((rows, tp, dv), v.dtype), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
     if save_states:
-        out_shape.append(jax.ShapeDtypeStruct((bsz * heads, nc, dk, dv), f32))
+        out_shape.append(jax.ShapeDtypeStruct((rows, nc, dk, dv), f32))
     scratch = _scratch(keys, [plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
-                              plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((c, dv), v.dtype),
-                              plgpu.SMEM((dk, dv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)])
-    body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc)
-    outs = _call(body, args, out_shape, scratch, interpret=interpret,
+                              plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
+                              plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)])
+    body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, blocks=blocks)
+    outs = _call(body, args, shared, out_shape, scratch, interpret=interpret,
                  name="gated_delta_rule_fwd" if m.gated else "delta_rule_fwd")
-    o = _heads_back(outs[0], bsz, heads)
-    return o, outs[1].reshape(bsz, heads, dk, dv), (outs[2] if save_states else None)
+    o = _values_back(outs[0], bsz, heads)
+    return o, _state_back(outs[1], bsz, heads), (outs[2] if save_states else None)
 
 
 def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
     bsz, tp, heads, dk = q.shape
-    dv = v.shape[-1]
-    c, nc = CHUNK, tp // CHUNK
+    blocks = value_blocks(v.shape[-1])
+    dv = v.shape[-1] // blocks
+    c, nc, rows = CHUNK, tp // CHUNK, bsz * heads * blocks
     keys = _operand_keys(m, c, dk, dv, backward=True)
-    args = [_heads_first(q), _heads_first(k), _heads_first(v)] + ([_heads_first(g)] if m.gated else []) \
-        + [_heads_first(beta), states, _heads_first(do.astype(v.dtype)), ds_final.reshape(bsz * heads, dk, dv)]
-    bh = bsz * heads
-    out_shape = [jax.ShapeDtypeStruct((bh, tp, dk), q.dtype), jax.ShapeDtypeStruct((bh, tp, dk), k.dtype),
-                 jax.ShapeDtypeStruct((bh, tp, dv), v.dtype)] \
-        + ([jax.ShapeDtypeStruct((bh, tp), f32)] if m.gated else []) \
-        + [jax.ShapeDtypeStruct((bh, tp), f32), jax.ShapeDtypeStruct((bh, dk, dv), f32)]
+    per_head = [_heads_first(q), _heads_first(k)] + ([_heads_first(g)] if m.gated else []) + [_heads_first(beta)]
+    args = per_head[:2] + [_values_first(v, blocks)] + per_head[2:] \
+        + [states, _values_first(do.astype(v.dtype), blocks), _state_first(ds_final, blocks)]
+    shared = [blocks, blocks, 1] + [blocks] * (len(per_head) - 2) + [1, 1, 1]
+    # With value blocks, dq, dk, dg, dbeta are per-block partials (summed below in fp32).
+    out_shape = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
+                 jax.ShapeDtypeStruct((rows, tp, dv), v.dtype)] \
+        + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) \
+        + [jax.ShapeDtypeStruct((rows, tp), f32), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
     scratch = _scratch(keys, [
         plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
         plgpu.SMEM((c, dv), v.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
-        plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
         plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=7)])
-    body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc)
-    outs = iter(_call(body, args, out_shape, scratch, interpret=interpret,
+    body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, blocks=blocks)
+    outs = iter(_call(body, args, shared, out_shape, scratch, interpret=interpret,
                       name="gated_delta_rule_bwd" if m.gated else "delta_rule_bwd"))
-    dq, dk_, dv_ = (_heads_back(next(outs), bsz, heads) for _ in range(3))
-    dg = _heads_back(next(outs), bsz, heads) if m.gated else None
-    dbeta = _heads_back(next(outs), bsz, heads)
-    return dq, dk_, dv_, dg, dbeta, next(outs).reshape(bsz, heads, dk, dv)
+    dq, dk_ = (_sum_blocks(next(outs), bsz, heads) for _ in range(2))
+    dv_ = _values_back(next(outs), bsz, heads)
+    dg = _sum_blocks(next(outs), bsz, heads) if m.gated else None
+    dbeta = _sum_blocks(next(outs), bsz, heads)
+    return dq, dk_, dv_, dg, dbeta, _state_back(next(outs), bsz, heads)
 
 
 @functools.lru_cache(maxsize=None)
@@ -328,7 +389,9 @@ def _is_hopper() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
+    """Whether the forward and backward kernels' SMEM for head dims (dk, dv) fits SMEM_BUDGET (per value block)."""
     m = chunk_math.ChunkMath(gated=gated, scale=1.0, mm_dtype=jnp.dtype(dtype))
+    dv = dv // value_blocks(dv)
     return all(_smem_bytes(_operand_keys(m, CHUNK, dk, dv, bwd), CHUNK, dk, dv, dtype, bwd) <= SMEM_BUDGET
                for bwd in (False, True))
 
