@@ -19,8 +19,7 @@ state registers and more CTAs for the SMs (B8 H8 gives 128 CTAs instead of 64).
 
 Limits: all SMEM buffers must fit SMEM_BUDGET (`applies` sizes them; output tiles reuse the input staging
 buffers): bf16 fits Dk <= 128 with 64-column value blocks (about 169 KiB forward, 177 KiB backward at
-Dk = 128); fp32 fits Dk = 64 only, larger fp32 heads fall back to XLA. fp32 inputs use tf32 wgmma, so fp32
-accuracy on GPU is tf32-level, not the 1e-6 of the TPU/XLA paths.
+Dk = 128); fp32 fits Dk = 64 only, larger fp32 heads fall back to XLA.
 """
 from __future__ import annotations
 
@@ -59,9 +58,16 @@ class _Recorder(chunk_math.ChunkMath):
         object.__setattr__(self, "keys", keys)
 
     def dot(self, a, b, *, ta=False, tb=False, dtype=f32):
-        self.keys.add(("lhs", tuple(a.shape), jnp.dtype(dtype).name))
-        self.keys.add(("rhs", tuple(b.shape), jnp.dtype(dtype).name))
+        for role, x in (("lhs", a), ("rhs", b)):
+            self.keys.update(_physical_keys(role, tuple(x.shape), dtype))
         return super().dot(a, b, ta=ta, tb=tb, dtype=dtype)
+
+
+def _physical_keys(role: str, shape: tuple, dtype) -> list:
+    """The bf16 SMEM buffers one wgmma operand takes: fp32 operands are split into a hi and a lo bf16 part."""
+    if jnp.dtype(dtype) == f32:
+        return [(role, shape, "bfloat16"), (role + "_lo", shape, "bfloat16")]
+    return [(role, shape, jnp.dtype(dtype).name)]
 
 
 def _operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: bool) -> list:
@@ -91,17 +97,34 @@ class _GpuMath(chunk_math.ChunkMath):
     vec_smem: Any = dataclasses.field(default=None, compare=False)
 
     def dot(self, a, b, *, ta=False, tb=False, dtype=f32):
-        dname = jnp.dtype(dtype).name
-        a_s, b_s = self.bufs[("lhs", tuple(a.shape), dname)], self.bufs[("rhs", tuple(b.shape), dname)]
-        a_s[...] = a.astype(dtype)
-        b_s[...] = b.astype(dtype)
-        plgpu.commit_smem()  # make the register stores visible to the async (wgmma) proxy
+        """a @ b (a^T if ta, b^T if tb: transposed SMEM views, never register shuffles), fp32 accumulation.
+
+        fp32 operands are not run as tf32: tf32 wgmma takes only K-major operands (no transposed views) and
+        keeps 10 mantissa bits. Each fp32 operand is split into bf16 hi + lo parts and three bf16 wgmmas
+        accumulate hi·hi + hi·lo + lo·hi (about 16 bits, ~1e-5 relative), issued back to back.
+        """
         m = a.shape[1] if ta else a.shape[0]
         n = b.shape[0] if tb else b.shape[1]
+        parts = []
+        for role, x in (("lhs", a), ("rhs", b)):
+            bufs = [self.bufs[key] for key in _physical_keys(role, tuple(x.shape), dtype)]
+            if len(bufs) == 1:
+                bufs[0][...] = x.astype(bufs[0].dtype)
+            else:
+                x = x.astype(f32)
+                hi = x.astype(jnp.bfloat16)
+                bufs[0][...] = hi
+                bufs[1][...] = (x - hi.astype(f32)).astype(jnp.bfloat16)
+            parts.append(bufs)
+        plgpu.commit_smem()  # make the register stores visible to the async (wgmma) proxy
+        view = lambda ref, t: ref.T if t else ref  # noqa: E731
+        (a_hi, *a_lo), (b_hi, *b_lo) = parts
+        pairs = [(a_hi, b_hi)] + ([(a_hi, b_lo[0]), (a_lo[0], b_hi)] if a_lo else [])
 
         def run(acc):
-            plgpu.wgmma(acc, a_s.T if ta else a_s, b_s.T if tb else b_s)
-            return acc[...]  # reading the accumulator waits for the wgmma, so the buffers are free again
+            for x_s, y_s in pairs:
+                plgpu.wgmma(acc, view(x_s, ta), view(y_s, tb))
+            return acc[...]  # reading the accumulator waits for the wgmmas, so the buffers are free again
 
         return pl.run_scoped(run, plgpu.ACC((m, n), f32))
 

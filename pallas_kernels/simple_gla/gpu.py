@@ -64,11 +64,15 @@ def _cols(vec, shape):
     return lax.broadcast_in_dim(vec, shape, [1])
 
 
-def _decay_matrix(b_ref, c, transpose=False):
-    """D_ij = exp(b_i - b_j) for i >= j else 0 (or its transpose), from the chunk's cumulative decays."""
+def _decay_matrix(b_ref, bcol_ref, c, transpose=False):
+    """D_ij = exp(b_i - b_j) for i >= j else 0 (or its transpose), from the chunk's cumulative decays.
+
+    b_ref and bcol_ref hold the same values: Mosaic GPU's layout inference needs every load of one SMEM ref to
+    ask for the same layout, so the per-column copy of the decays has its own buffer.
+    """
     rows = plgpu.broadcasted_iota(jnp.int32, (c, c), 0, layout=plgpu.Layout.WGMMA)
     cols = plgpu.broadcasted_iota(jnp.int32, (c, c), 1, layout=plgpu.Layout.WGMMA)
-    br, bc = _rows(_row_vec(b_ref), (c, c)), _cols(_col_vec(b_ref), (c, c))
+    br, bc = _rows(_row_vec(b_ref), (c, c)), _cols(_col_vec(bcol_ref), (c, c))
     if transpose:  # [j, i]: exp(b_i - b_j) for i >= j
         return jnp.where(cols >= rows, jnp.exp(jnp.minimum(bc - br, 0.0)), 0.0)
     return jnp.where(rows >= cols, jnp.exp(jnp.minimum(br - bc, 0.0)), 0.0)
@@ -81,7 +85,7 @@ def _wait_all(bars, n):
 
 # ------------------------------------------------------------------------------------------------ forward
 def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf_ref,
-                  q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bars, *, scale, nchunks, states):
+                  q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bc_s, bars, *, scale, nchunks, states):
     i, j = lax.axis_index("bh"), lax.axis_index("vb")
     c, dk = k_s.shape
     vs = pl.ds(j * BV, BV)
@@ -98,13 +102,14 @@ def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf
         plgpu.copy_gmem_to_smem(ec_ref.at[i, n], ec_s, bars.at[4])
         if not states:
             plgpu.copy_gmem_to_smem(q_ref.at[i, ts], q_s, bars.at[5])
-        _wait_all(bars, 5 if states else 6)
+            plgpu.copy_gmem_to_smem(b_ref.at[i, ts], bc_s, bars.at[6])
+        _wait_all(bars, 5 if states else 7)
         s_s[...] = s.astype(bf16)
         plgpu.commit_smem()
         if states:  # the state entering chunk n, for the backward
             plgpu.copy_smem_to_gmem(s_s, out_ref.at[i, n, :, vs])
         else:
-            a = _mm(q_s, k_s.transpose((1, 0)), c, c) * (_decay_matrix(b_s, c) * scale)
+            a = _mm(q_s, k_s.transpose((1, 0)), c, c) * (_decay_matrix(b_s, bc_s, c) * scale)
             a_s[...] = a.astype(bf16)
             plgpu.commit_smem()
             o = _mm(q_s, s_s, c, BV) * _rows(jnp.exp(_row_vec(b_s)) * scale, (c, BV)) + _mm(a_s, v_s, c, BV)
@@ -132,7 +137,8 @@ def _recurrent_call(qh, kh, vh, b, r, ec, s0, *, scale, chunk, states, interpret
            else jax.ShapeDtypeStruct((bh, tp, dv), vh.dtype))
     scratch = [_tile((chunk, dk)), _tile((chunk, dk)), _tile((chunk, BV)), plgpu.SMEM((chunk,), f32),
                plgpu.SMEM((chunk,), f32), plgpu.SMEM((dk,), f32), plgpu.SMEM((dk, BV), f32), _tile((dk, BV)),
-               _tile((chunk, BV)), _tile((chunk, BV)), _tile((chunk, chunk)), plgpu.Barrier(num_barriers=6)]
+               _tile((chunk, BV)), _tile((chunk, BV)), _tile((chunk, chunk)), plgpu.SMEM((chunk,), f32),
+               plgpu.Barrier(num_barriers=7)]
     return plgpu.kernel(
         functools.partial(_forward_body, scale=scale, nchunks=n, states=states),
         out_type=(out, jax.ShapeDtypeStruct((bh, dk, dv), f32)),
@@ -191,7 +197,7 @@ def _ds_call(qh, do, b, ec, dsf, *, scale, chunk, interpret):
 # ------------------------------------------------------------------------------------------------ gradients
 def _grad_body(q_ref, k_ref, v_ref, do_ref, b_ref, r_ref, h_ref, dh_ref,
                dq_ref, dk_ref, dv_ref, rs_ref, cs_ref, wr_ref,
-               q_s, k_s, v_s, do_s, h_s, dh_s, a_s, da_s, oq_s, ok_s, ov_s, b_s, r_s, v1_s, v2_s, v3_s, bars,
+               q_s, k_s, v_s, do_s, h_s, dh_s, a_s, da_s, oq_s, ok_s, ov_s, b_s, r_s, v1_s, v2_s, v3_s, bc_s, bars,
                *, scale):
     i, n = lax.axis_index("bh"), lax.axis_index("n")
     c, dk = q_s.shape
@@ -199,11 +205,11 @@ def _grad_body(q_ref, k_ref, v_ref, do_ref, b_ref, r_ref, h_ref, dh_ref,
     ts = pl.ds(n * c, c)
     for idx, (src, dst) in enumerate(((q_ref.at[i, ts], q_s), (k_ref.at[i, ts], k_s), (v_ref.at[i, ts], v_s),
                                       (do_ref.at[i, ts], do_s), (h_ref.at[i, n], h_s), (dh_ref.at[i, n], dh_s),
-                                      (b_ref.at[i, ts], b_s), (r_ref.at[i, ts], r_s))):
+                                      (b_ref.at[i, ts], b_s), (r_ref.at[i, ts], r_s), (b_ref.at[i, ts], bc_s))):
         plgpu.copy_gmem_to_smem(src, dst, bars.at[idx])
-    _wait_all(bars, 8)
+    _wait_all(bars, 9)
     e, r = jnp.exp(_row_vec(b_s)), _row_vec(r_s)
-    dmat = _decay_matrix(b_s, c) * scale
+    dmat = _decay_matrix(b_s, bc_s, c) * scale
     a = _mm(q_s, k_s.transpose((1, 0)), c, c) * dmat
     dov = _mm(do_s, v_s.transpose((1, 0)), c, c)
     da = dov * dmat
@@ -213,7 +219,7 @@ def _grad_body(q_ref, k_ref, v_ref, do_ref, b_ref, r_ref, h_ref, dh_ref,
     plgpu.commit_smem()
     # Column sums of the pair terms as row sums of their transpose (K Q^T and V dO^T): reductions along rows
     # are the ones the wgmma layout does natively.
-    dmat_t = _decay_matrix(b_s, c, transpose=True) * scale
+    dmat_t = _decay_matrix(b_s, bc_s, c, transpose=True) * scale
     pairs_t = _mm(k_s, q_s.transpose((1, 0)), c, c) * dmat_t * _mm(v_s, do_s.transpose((1, 0)), c, c)
 
     dq_inter = _mm(do_s, h_s.transpose((1, 0)), c, dk) * _rows(e * scale, (c, dk))
@@ -239,8 +245,8 @@ def _grad_call(qh, kh, vh, do, b, r, h, dh, *, scale, chunk, interpret):
     vec = jax.ShapeDtypeStruct((bh, tp), f32)
     scratch = [_tile((chunk, dk)), _tile((chunk, dk)), _tile((chunk, dv)), _tile((chunk, dv)), _tile((dk, dv)),
                _tile((dk, dv)), _tile((chunk, chunk)), _tile((chunk, chunk)), _tile((chunk, dk)),
-               _tile((chunk, dk)), _tile((chunk, dv))] + [plgpu.SMEM((chunk,), f32)] * 5 + [
-                   plgpu.Barrier(num_barriers=8)]
+               _tile((chunk, dk)), _tile((chunk, dv))] + [plgpu.SMEM((chunk,), f32)] * 6 + [
+                   plgpu.Barrier(num_barriers=9)]
     return plgpu.kernel(
         functools.partial(_grad_body, scale=scale),
         out_type=(jax.ShapeDtypeStruct(qh.shape, qh.dtype), jax.ShapeDtypeStruct(kh.shape, kh.dtype),

@@ -1,0 +1,78 @@
+"""The Mosaic GPU kernels lower for CUDA on a machine without a GPU.
+
+`jax.export(..., platforms=['cuda'])` runs the whole Pallas -> Mosaic GPU lowering on the CPU: layout inference,
+the wgmma operand rules (which operands may be transposed views, for which dtypes), TMA descriptors and the
+shared-memory total against the per-block limit of an H100/H200. It does not compile PTX (registers) or run
+anything: the numbers are checked by the interpreter tests and, on the GPU machine, by tests/test_pallas_gpu.py.
+Every case that `applies()` accepts must lower, in both the inference forward and the forward + backward.
+"""
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pallas_kernels.delta_rule import gpu as dr_gpu
+from pallas_kernels.gated_delta_rule import gpu as gdr_gpu
+from pallas_kernels.simple_gla import gpu as gla_gpu
+
+B, T, H = 1, 128, 2  # two chunks: the in-kernel chunk loop is traced as a loop, not unrolled away
+
+
+def _inputs(dtype, d):
+    x = jnp.zeros((B, T, H, d), dtype)
+    vec = jnp.zeros((B, T, H), jnp.float32)
+    return x, vec, jnp.zeros((B, H, d, d), jnp.float32)
+
+
+def _op(name):
+    """(kernel as f(q, k, v, vec, s0) -> (o, s_final), applies(q, k, v, vec))"""
+    if name == "delta_rule":
+        return (lambda q, k, v, w, s: dr_gpu.chunk_delta_rule_gpu(q, k, v, w, initial_state=s,
+                                                                  output_final_state=True),
+                lambda q, k, v, w: dr_gpu.applies(q, k, v, w, check_device=False))
+    if name == "gated_delta_rule":
+        return (lambda q, k, v, w, s: gdr_gpu.chunk_gated_delta_rule_gpu(q, k, v, w * 0.1, w, initial_state=s,
+                                                                         output_final_state=True),
+                lambda q, k, v, w: gdr_gpu.applies(q, k, v, w, w, check_device=False))
+    return (lambda q, k, v, w, s: gla_gpu.simple_gla_gpu(q, k, v, w, initial_state=s, output_final_state=True),
+            lambda q, k, v, w: gla_gpu.applies(q, k, v, w))
+
+
+def _lower(fn, *args):
+    """The StableHLO text of fn lowered for CUDA (raises what the Mosaic GPU lowering raises)."""
+    return export.export(jax.jit(fn), platforms=["cuda"])(*args).mlir_module()
+
+
+def _forward_and_grad(kernel):
+    def loss(q, k, v, w, s):
+        o, s_final = kernel(q, k, v, w, s)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s_final)
+    return kernel, jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+
+
+CASES = [("delta_rule", jnp.bfloat16, 128), ("gated_delta_rule", jnp.bfloat16, 128),
+         ("simple_gla", jnp.bfloat16, 128),
+         pytest.param("gated_delta_rule", jnp.float32, 64, marks=pytest.mark.slow),
+         pytest.param("delta_rule", jnp.bfloat16, 64, marks=pytest.mark.slow),
+         pytest.param("gated_delta_rule", jnp.bfloat16, 64, marks=pytest.mark.slow),
+         pytest.param("simple_gla", jnp.bfloat16, 64, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("op,dtype,d", CASES)
+def test_gpu_kernels_lower_for_cuda(op, dtype, d):
+    kernel, applies = _op(op)
+    x, vec, s0 = _inputs(dtype, d)
+    assert applies(x, x, x, vec), f"{op} should take {jnp.dtype(dtype).name} D{d}"
+    forward, grad = _forward_and_grad(kernel)
+    for mode, fn in (("forward", forward), ("forward+backward", grad)):
+        text = _lower(fn, x, x, x, vec, s0)
+        assert "mosaic_gpu" in text, f"{op} {mode}: no Mosaic GPU custom call in the lowered module"
+
+
+def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
+    """fp32 D128 is refused by applies() (SMEM); lowering it anyway must fail on shared memory, not elsewhere."""
+    kernel, applies = _op("delta_rule")
+    x, vec, s0 = _inputs(jnp.float32, 128)
+    assert not applies(x, x, x, vec)
+    with pytest.raises(ValueError, match="shared memory"):
+        _lower(kernel, x, x, x, vec, s0)
