@@ -212,26 +212,33 @@ def test_dispatch_warns_on_broken_kernel_module(monkeypatch):
 # ------------------------------------------------------------------------------------------------ Mosaic GPU
 
 
-def test_gpu_kernel_matches_oracle_in_gpu_interpreter():
-    """The Mosaic GPU body (TMA copies, barriers, wgmma through SMEM, relayouts) under the GPU interpreter."""
-    kernel = lambda *a, **kw: gdr_gpu.chunk_gated_delta_rule_gpu(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+@pytest.mark.parametrize("scheme", gdr_gpu.SCHEMES)
+def test_gpu_kernel_matches_oracle_in_gpu_interpreter(scheme):
+    """The Mosaic GPU bodies (TMA copies, barriers, wgmma through SMEM, relayouts) under the GPU interpreter."""
+    kernel = lambda *a, **kw: gdr_gpu.chunk_gated_delta_rule_gpu(  # noqa: E731
+        *a, interpret=GPU_INTERPRET, scheme=scheme, **kw)
     check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=64, dv=64, dtype=jnp.bfloat16, gated=True,
                          with_state=True)
 
 
 @pytest.mark.slow
-def test_gpu_delta_rule_kernel_matches_oracle_in_gpu_interpreter():
-    kernel = lambda *a, **kw: dr_gpu.chunk_delta_rule_gpu(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+@pytest.mark.parametrize("scheme", gdr_gpu.SCHEMES)
+def test_gpu_delta_rule_kernel_matches_oracle_in_gpu_interpreter(scheme):
+    kernel = lambda *a, **kw: dr_gpu.chunk_delta_rule_gpu(  # noqa: E731
+        *a, interpret=GPU_INTERPRET, scheme=scheme, **kw)
     check_against_oracle(kernel, fresh_seed(), b=1, t=130, h=2, dk=64, dv=64, dtype=jnp.float32, gated=False,
                          with_state=True)
 
 
-@pytest.mark.parametrize("gated,dk,dv", [(True, 128, 128), pytest.param(False, 64, 128, marks=pytest.mark.slow)])
-def test_gpu_kernel_value_blocks_match_oracle_in_gpu_interpreter(gated, dk, dv):
+@pytest.mark.parametrize("gated,dk,dv,scheme", [
+    (True, 128, 128, "chunked"), pytest.param(True, 128, 128, "fused", marks=pytest.mark.slow),
+    pytest.param(False, 64, 128, "chunked", marks=pytest.mark.slow),
+    pytest.param(False, 64, 128, "fused", marks=pytest.mark.slow)])
+def test_gpu_kernel_value_blocks_match_oracle_in_gpu_interpreter(gated, dk, dv, scheme):
     """Dv = 128 runs as two 64-column value blocks per head: partial dq, dk, dbeta, dg summed, dv and dS0 joined."""
     assert gdr_gpu.value_blocks(dv) == 2
     fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
-    kernel = lambda *a, **kw: fn(*a, interpret=GPU_INTERPRET, **kw)  # noqa: E731
+    kernel = lambda *a, **kw: fn(*a, interpret=GPU_INTERPRET, scheme=scheme, **kw)  # noqa: E731
     check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=dk, dv=dv, dtype=jnp.bfloat16, gated=gated,
                          with_state=True)
 
@@ -270,3 +277,34 @@ def test_gpu_dispatch_picks_the_mosaic_kernel():
     b = jnp.zeros((1, 64, 1))
     path, kernel = dispatch.choose("gated_delta_rule", None, (q, q, q, b, b), dict(chunk_size=64))
     assert path == "kernel" and kernel.fn is gdr_gpu.chunk_gated_delta_rule_gpu
+
+
+# ------------------------------------------------------------------------------------------------ chunk math
+@pytest.mark.parametrize("gated", [True, False])
+def test_chunk_parallel_split_matches_the_fused_chunk_math(gated):
+    """chunk_wu + chunk_state_step + chunk_output + chunk_state_grad (the GPU's chunk-parallel scheme) give the same
+    output, end state and start-state gradient as chunk_forward / chunk_backward, value blocks included."""
+    from pallas_kernels.gated_delta_rule import chunk_math as cm
+    seed = fresh_seed()
+    ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+    c, dk, dv = 64, 32, 48
+    q = jax.random.normal(ks[0], (c, dk))
+    k = ops.l2norm(jax.random.normal(ks[1], (c, dk)))
+    v = jax.random.normal(ks[2], (c, dv))
+    beta = jax.nn.sigmoid(jax.random.normal(ks[3], (c, 1)))
+    g = -jax.nn.softplus(jax.random.normal(ks[4], (c, 1))) * 0.5 if gated else None
+    s = 0.5 * jax.random.normal(ks[5], (dk, dv))
+    do, ds_next = jax.random.normal(ks[6], (c, dv)), jax.random.normal(ks[7], (dk, dv))
+    m = cm.ChunkMath(gated=gated, scale=dk ** -0.5)
+    o_ref, s_ref = cm.chunk_forward(q, k, v, beta, g, s, m)
+    *_, ds_ref = cm.chunk_backward(q, k, v, beta, g, s, do, ds_next, m)
+
+    w, (u1, u2) = cm.chunk_wu(k, [v[:, :16], v[:, 16:]], beta, g, m)  # two value blocks of 16 and 32 columns
+    u_free = jnp.concatenate([u1, u2], axis=1)
+    where = f"seed={seed} gated={gated}"
+    assert rel_rms(cm.chunk_state_step(k, w, u_free, g, s, m), s_ref) < 1e-5, where
+    assert rel_rms(cm.chunk_output(q, k, w, u_free, g, s, m), o_ref) < 1e-5, where
+    assert rel_rms(cm.chunk_state_grad(q, k, w, g, do, ds_next, m), ds_ref) < 1e-5, where
+    # Column blocks of the state are independent: a block's end state needs only its own columns.
+    blk = cm.chunk_state_step(k, w, u2, g, s[:, 16:], m)
+    assert rel_rms(blk, s_ref[:, 16:]) < 1e-5, where

@@ -24,15 +24,15 @@ def _inputs(dtype, d):
     return x, vec, jnp.zeros((B, H, d, d), jnp.float32)
 
 
-def _op(name):
-    """(kernel as f(q, k, v, vec, s0) -> (o, s_final), applies(q, k, v, vec))"""
+def _op(name, scheme=None):
+    """(kernel as f(q, k, v, vec, s0) -> (o, s_final), applies(q, k, v, vec)); scheme: the delta rules' GPU scheme"""
     if name == "delta_rule":
-        return (lambda q, k, v, w, s: dr_gpu.chunk_delta_rule_gpu(q, k, v, w, initial_state=s,
+        return (lambda q, k, v, w, s: dr_gpu.chunk_delta_rule_gpu(q, k, v, w, initial_state=s, scheme=scheme,
                                                                   output_final_state=True),
                 lambda q, k, v, w: dr_gpu.applies(q, k, v, w, check_device=False))
     if name == "gated_delta_rule":
         return (lambda q, k, v, w, s: gdr_gpu.chunk_gated_delta_rule_gpu(q, k, v, w * 0.1, w, initial_state=s,
-                                                                         output_final_state=True),
+                                                                         scheme=scheme, output_final_state=True),
                 lambda q, k, v, w: gdr_gpu.applies(q, k, v, w, w, check_device=False))
     return (lambda q, k, v, w, s: gla_gpu.simple_gla_gpu(q, k, v, w, initial_state=s, output_final_state=True),
             lambda q, k, v, w: gla_gpu.applies(q, k, v, w))
@@ -50,17 +50,20 @@ def _forward_and_grad(kernel):
     return kernel, jax.grad(loss, argnums=(0, 1, 2, 3, 4))
 
 
-CASES = [("delta_rule", jnp.bfloat16, 128), ("gated_delta_rule", jnp.bfloat16, 128),
-         ("simple_gla", jnp.bfloat16, 128),
-         pytest.param("gated_delta_rule", jnp.float32, 64, marks=pytest.mark.slow),
-         pytest.param("delta_rule", jnp.bfloat16, 64, marks=pytest.mark.slow),
-         pytest.param("gated_delta_rule", jnp.bfloat16, 64, marks=pytest.mark.slow),
-         pytest.param("simple_gla", jnp.bfloat16, 64, marks=pytest.mark.slow)]
+slow = pytest.mark.slow
+CASES = [("delta_rule", jnp.bfloat16, 128, "chunked"), ("gated_delta_rule", jnp.bfloat16, 128, "chunked"),
+         ("gated_delta_rule", jnp.bfloat16, 128, "fused"), ("simple_gla", jnp.bfloat16, 128, None),
+         pytest.param("delta_rule", jnp.bfloat16, 128, "fused", marks=slow),
+         pytest.param("gated_delta_rule", jnp.float32, 64, "chunked", marks=slow),
+         pytest.param("gated_delta_rule", jnp.float32, 64, "fused", marks=slow),
+         pytest.param("delta_rule", jnp.bfloat16, 64, "chunked", marks=slow),
+         pytest.param("gated_delta_rule", jnp.bfloat16, 64, "fused", marks=slow),
+         pytest.param("simple_gla", jnp.bfloat16, 64, None, marks=slow)]
 
 
-@pytest.mark.parametrize("op,dtype,d", CASES)
-def test_gpu_kernels_lower_for_cuda(op, dtype, d):
-    kernel, applies = _op(op)
+@pytest.mark.parametrize("op,dtype,d,scheme", CASES)
+def test_gpu_kernels_lower_for_cuda(op, dtype, d, scheme):
+    kernel, applies = _op(op, scheme)
     x, vec, s0 = _inputs(dtype, d)
     assert applies(x, x, x, vec), f"{op} should take {jnp.dtype(dtype).name} D{d}"
     forward, grad = _forward_and_grad(kernel)
@@ -71,8 +74,10 @@ def test_gpu_kernels_lower_for_cuda(op, dtype, d):
 
 def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
     """fp32 D128 is refused by applies() (SMEM); lowering it anyway must fail on shared memory, not elsewhere."""
-    kernel, applies = _op("delta_rule")
     x, vec, s0 = _inputs(jnp.float32, 128)
-    assert not applies(x, x, x, vec)
-    with pytest.raises(ValueError, match="shared memory"):
-        _lower(kernel, x, x, x, vec, s0)
+    for scheme in gdr_gpu.SCHEMES:
+        kernel, applies = _op("delta_rule", scheme)
+        assert not applies(x, x, x, vec)
+        assert not gdr_gpu.fits_smem(False, 128, 128, jnp.float32, scheme)
+        with pytest.raises(ValueError, match="shared memory"):
+            _lower(kernel, x, x, x, vec, s0)

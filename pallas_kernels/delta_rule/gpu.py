@@ -10,11 +10,12 @@ from pallas_kernels.gated_delta_rule import gpu as _gated
 
 
 def chunk_delta_rule_gpu(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False,
-                         chunk_size=_gated.CHUNK, interpret=None):
-    """Delta rule on a Hopper GPU. interpret: plgpu.InterpretGPUParams() runs it on CPU for tests."""
+                         chunk_size=_gated.CHUNK, interpret=None, scheme=None):
+    """Delta rule on a Hopper GPU. interpret: plgpu.InterpretGPUParams() runs it on CPU for tests; scheme: see
+    gated_delta_rule/gpu.py (chunked or fused)."""
     return _gated.chunk_gated_delta_rule_gpu(q, k, v, None, beta, scale=scale, initial_state=initial_state,
                                              output_final_state=output_final_state, chunk_size=chunk_size,
-                                             interpret=interpret)
+                                             interpret=interpret, scheme=scheme)
 
 
 def applies(q, k, v, beta, **kwargs) -> bool:

@@ -139,35 +139,47 @@ class _Prep:
     p: jax.Array                  # [C, C] tril(scale Q K^T * Gam)
 
 
+def decay_terms(g, c: int, m: ChunkMath):
+    """Per-chunk decay quantities from the per-step log decays g (a vec):
+    (G = cumsum(g) vec, G_C broadcastable, Gam [C, C] = exp(G_i - G_j) on i >= j else 0, gamma = exp(G) vec,
+     decay_out = exp(G_C - G) vec, gamma_C = exp(G_C) broadcastable)."""
+    row, col = m.iota(c)
+    incl = row >= col
+    g = g.astype(f32)
+    # Cumulative log decay by a masked sum (no cumsum inside the kernel).
+    gcum = m.rowsum(jnp.where(col <= row, m.erow(g, c), 0.0))
+    g_tot = m.total(g)
+    # Masked before exp so entries above the diagonal (positive exponents) never overflow.
+    diff = m.ecol(gcum, c) - m.erow(gcum, c)
+    gam = jnp.where(incl, jnp.exp(jnp.where(incl, diff, 0.0)), 0.0)
+    return gcum, g_tot, gam, jnp.exp(gcum), jnp.exp(g_tot - gcum), jnp.exp(g_tot)
+
+
 def _prep(q, k, v, beta, g, m: ChunkMath) -> _Prep:
+    """The state-independent quantities; q None skips P, v None skips U' (for the chunk-parallel kernels)."""
     c, dk = k.shape
-    dv = v.shape[1]
     row, col = m.iota(c)
     strict, incl = row > col, row >= col
     kk = m.mm(k, k, tb=True)
-    qk = m.mm(q, k, tb=True) * m.scale
+    qk = None if q is None else m.mm(q, k, tb=True) * m.scale
     beta = beta.astype(f32)
+    p = None
     if m.gated:
-        g = g.astype(f32)
-        # Cumulative log decay by a masked sum (no cumsum inside the kernel).
-        gcum = m.rowsum(jnp.where(col <= row, m.erow(g, c), 0.0))
-        g_tot = m.total(g)
-        # Masked before exp so entries above the diagonal (positive exponents) never overflow.
-        diff = m.ecol(gcum, c) - m.erow(gcum, c)
-        gam = jnp.where(incl, jnp.exp(jnp.where(incl, diff, 0.0)), 0.0)
-        gamma, decay_out, gamma_c = jnp.exp(gcum), jnp.exp(g_tot - gcum), jnp.exp(g_tot)
+        _, _, gam, gamma, decay_out, gamma_c = decay_terms(g, c, m)
         a = jnp.where(strict, kk * gam, 0.0) * m.ecol(beta, c)
-        p = qk * gam
+        if qk is not None:
+            p = qk * gam
         kb = k.astype(f32) * m.ecol(beta * gamma, dk)
     else:
         gam = gamma = decay_out = gamma_c = None
         a = jnp.where(strict, kk, 0.0) * m.ecol(beta, c)
-        p = jnp.where(incl, qk, 0.0)
+        if qk is not None:
+            p = jnp.where(incl, qk, 0.0)
         kb = k.astype(f32) * m.ecol(beta, dk)
     t = unit_lower_inverse(a, m)
-    vb = v.astype(f32) * m.ecol(beta, dv)
+    vb = None if v is None else v.astype(f32) * m.ecol(beta, v.shape[1])
     return _Prep(beta=beta, gamma=gamma, decay_out=decay_out, gamma_c=gamma_c, gam=gam, kk=kk, a=a, t=t,
-                 kb=kb, vb=vb, w=m.mm(t, kb), u_free=m.mm(t, vb), p=p)
+                 kb=kb, vb=vb, w=m.mm(t, kb), u_free=None if v is None else m.mm(t, vb), p=p)
 
 
 def chunk_forward(q, k, v, beta, g, s, m: ChunkMath):
@@ -250,3 +262,58 @@ def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath):
     # dg_i = sum_{t >= i} dG_t + dG_C (a reverse cumulative sum, as a masked column sum).
     dg = m.colsum(jnp.where(row >= col, m.ecol(d_gcum, c), 0.0)) + d_gtot
     return dq, dk, dv, dbeta, dg, ds
+
+
+# ---------------------------------------------------------------------------------------------- chunk-parallel
+# The same forward and backward split so that only the state recurrence is sequential (the GPU's chunk-parallel
+# scheme): W and U' of every chunk in parallel, then S_{n+1} = gamma_C S_n + Kd^T (U' - W S_n) in order, then
+# every chunk's output from its start state in parallel; backward: dS in reverse order, then chunk_backward of
+# every chunk in parallel from (S_n, dS_{n+1}).
+
+def chunk_wu(k, vs, beta, g, m: ChunkMath):
+    """W [C, Dk] and U' = T (beta V) for each value block in `vs` (a list of [C, Dv_j]), all fp32."""
+    pr = _prep(None, k, None, beta, g, m)
+    return pr.w, [m.mm(pr.t, v.astype(f32) * m.ecol(pr.beta, v.shape[1])) for v in vs]
+
+
+def _out_decay(k, g, s, m: ChunkMath):
+    """(Kd = K exp(G_C - G), gamma_C S): how a chunk's keys write into, and its decay shrinks, the state."""
+    if not m.gated:
+        return k, s
+    _, _, _, _, decay_out, gamma_c = decay_terms(g, k.shape[0], m)
+    return k.astype(f32) * m.ecol(decay_out, k.shape[1]), s * gamma_c
+
+
+def chunk_state_step(k, w, u_free, g, s, m: ChunkMath):
+    """The state at the chunk's end from the state s at its start: gamma_C s + Kd^T (U' - W s)."""
+    kd, s_dec = _out_decay(k, g, s, m)
+    return s_dec + m.mm(kd, u_free - m.mm(w, s), ta=True)
+
+
+def chunk_output(q, k, w, u_free, g, s, m: ChunkMath):
+    """The chunk's output from its start state: (scale gamma Q) s + P (U' - W s), P = tril(scale Q K^T Gam)."""
+    c, dk = k.shape
+    row, col = m.iota(c)
+    qk = m.mm(q, k, tb=True) * m.scale
+    if m.gated:
+        _, _, gam, gamma, _, _ = decay_terms(g, c, m)
+        p, qs = qk * gam, q.astype(f32) * m.ecol(gamma * m.scale, dk)
+    else:
+        p, qs = jnp.where(row >= col, qk, 0.0), q.astype(f32) * m.scale
+    return m.mm(qs, s) + m.mm(p, u_free - m.mm(w, s))
+
+
+def chunk_state_grad(q, k, w, g, do, ds_next, m: ChunkMath):
+    """dL/dS at the chunk's start from dL/dS at its end (the adjoint recurrence of chunk_state_step/_output):
+    dU = Kd dS' + P^T dO,  dS = gamma_C dS' + Qs^T dO - W^T dU."""
+    c, dk = k.shape
+    row, col = m.iota(c)
+    qk = m.mm(q, k, tb=True) * m.scale
+    kd, ds = _out_decay(k, g, ds_next, m)
+    if m.gated:
+        _, _, gam, gamma, _, _ = decay_terms(g, c, m)
+        p, qs = qk * gam, q.astype(f32) * m.ecol(gamma * m.scale, dk)
+    else:
+        p, qs = jnp.where(row >= col, qk, 0.0), q.astype(f32) * m.scale
+    du = m.mm(kd, ds_next) + m.mm(p, do, ta=True)
+    return ds + m.mm(qs, do, ta=True) - m.mm(w, du, ta=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -70,22 +71,30 @@ def _physical_keys(role: str, shape: tuple, dtype) -> list:
     return [(role, shape, jnp.dtype(dtype).name)]
 
 
-def _operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: bool) -> list:
+def record_operand_keys(m: chunk_math.ChunkMath, fn, *structs) -> list:
+    """The SMEM operand buffers fn(*arrays, math) needs, from a dry run (jax.eval_shape) on these shapes."""
     keys: set = set()
     rec = _Recorder(m, keys)
+    jax.eval_shape(lambda *a: fn(*a, rec), *structs)
+    return sorted(keys)
+
+
+def _operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: bool) -> list:
     mat = lambda r, k: jax.ShapeDtypeStruct((r, k), f32)  # noqa: E731
     vec = jax.ShapeDtypeStruct((c, 1), f32)
     args = [mat(c, dk), mat(c, dk), mat(c, dv), vec, vec if m.gated else None, mat(dk, dv)]
     if backward:
-        jax.eval_shape(lambda *a: chunk_math.chunk_backward(*a, rec), *args, mat(c, dv), mat(dk, dv))
-    else:
-        jax.eval_shape(lambda *a: chunk_math.chunk_forward(*a, rec), *args)
-    return sorted(keys)
+        return record_operand_keys(m, chunk_math.chunk_backward, *args, mat(c, dv), mat(dk, dv))
+    return record_operand_keys(m, chunk_math.chunk_forward, *args)
+
+
+def operand_bytes(keys) -> int:
+    return sum(r * k * jnp.dtype(d).itemsize for _, (r, k), d in keys)
 
 
 def _smem_bytes(keys, c, dk, dv, in_dtype, backward: bool) -> int:
     """Operand buffers plus the staging tiles _forward / _backward allocate: q, k, v (+ do); outputs reuse them."""
-    operand = sum(r * k * jnp.dtype(d).itemsize for _, (r, k), d in keys)
+    operand = operand_bytes(keys)
     tiles = 2 * c * dk + (2 if backward else 1) * c * dv
     return operand + tiles * jnp.dtype(in_dtype).itemsize + dk * dv * 4 + 5 * c * 4
 
@@ -315,22 +324,12 @@ def value_blocks(dv: int) -> int:
     return max(1, dv // VALUE_BLOCK)
 
 
-def _call(body, args, shared, out_shape, scratch, *, interpret, name):
-    """One CTA per row of the leading (batch*heads*value blocks) axis of the outputs.
-
-    `shared[i]` is how many CTAs share row r of args[i] (value blocks share q, k, g, beta: CTA j reads row
-    j // shared[i]). The GPU interpreter runs one block per call, so under `interpret` the same kernel runs once
-    per row.
-    """
+def _call(body, args, out_shape, scratch, *, interpret, name):
+    """One CTA per row of the outputs' leading (batch*heads*value blocks) axis; the same under the interpreter."""
     rows = out_shape[0].shape[0]
-    if not interpret:
-        return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=(rows,), grid_names=("bh",),
-                            compiler_params=plgpu.CompilerParams(), kernel_name=name)(*args)
-    per_row = [jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in out_shape]
-    call = plgpu.kernel(body, out_type=per_row, scratch_types=scratch, grid=(1,), grid_names=("bh",),
-                        interpret=interpret, kernel_name=name)
-    outs = [call(*(a[i // n:i // n + 1] for a, n in zip(args, shared))) for i in range(rows)]
-    return [jnp.concatenate(parts, axis=0) for parts in zip(*outs)]
+    kw = dict(interpret=interpret) if interpret else dict(compiler_params=plgpu.CompilerParams())
+    return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=(rows,), grid_names=("bh",),
+                        kernel_name=name, **kw)(*args)
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
@@ -341,7 +340,6 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     keys = _operand_keys(m, c, dk, dv, backward=False)
     per_head = [_heads_first(q), _heads_first(k)] + ([_heads_first(g)] if m.gated else []) + [_heads_first(beta)]
     args = per_head[:2] + [_values_first(v, blocks)] + per_head[2:] + [_state_first(s0, blocks)]
-    shared = [blocks, blocks, 1] + [blocks] * (len(per_head) - 2) + [1]
     out_shape = [jax.ShapeDtypeStruct((rows, tp, dv), v.dtype), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
     if save_states:
         out_shape.append(jax.ShapeDtypeStruct((rows, nc, dk, dv), f32))
@@ -349,7 +347,7 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
                               plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
                               plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)])
     body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, blocks=blocks)
-    outs = _call(body, args, shared, out_shape, scratch, interpret=interpret,
+    outs = _call(body, args, out_shape, scratch, interpret=interpret,
                  name="gated_delta_rule_fwd" if m.gated else "delta_rule_fwd")
     o = _values_back(outs[0], bsz, heads)
     return o, _state_back(outs[1], bsz, heads), (outs[2] if save_states else None)
@@ -364,7 +362,6 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
     per_head = [_heads_first(q), _heads_first(k)] + ([_heads_first(g)] if m.gated else []) + [_heads_first(beta)]
     args = per_head[:2] + [_values_first(v, blocks)] + per_head[2:] \
         + [states, _values_first(do.astype(v.dtype), blocks), _state_first(ds_final, blocks)]
-    shared = [blocks, blocks, 1] + [blocks] * (len(per_head) - 2) + [1, 1, 1]
     # With value blocks, dq, dk, dg, dbeta are per-block partials (summed below in fp32).
     out_shape = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
                  jax.ShapeDtypeStruct((rows, tp, dv), v.dtype)] \
@@ -375,7 +372,7 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
         plgpu.SMEM((c, dv), v.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
         plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=7)])
     body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, blocks=blocks)
-    outs = iter(_call(body, args, shared, out_shape, scratch, interpret=interpret,
+    outs = iter(_call(body, args, out_shape, scratch, interpret=interpret,
                       name="gated_delta_rule_bwd" if m.gated else "delta_rule_bwd"))
     dq, dk_ = (_sum_blocks(next(outs), bsz, heads) for _ in range(2))
     dv_ = _values_back(next(outs), bsz, heads)
@@ -385,22 +382,36 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
 
 
 @functools.lru_cache(maxsize=None)
-def _pair(gated: bool, scale: float, dtype, interpret) -> vjp.KernelPair:
+def _pair(gated: bool, scale: float, dtype, interpret, scheme: str) -> vjp.KernelPair:
     m = chunk_math.ChunkMath(gated=gated, scale=scale, mm_dtype=jnp.dtype(dtype))
-    return vjp.KernelPair(functools.partial(_forward, m=m, interpret=interpret),
-                          functools.partial(_backward, m=m, interpret=interpret))
+    if scheme == "chunked":
+        from pallas_kernels.gated_delta_rule import gpu_chunked  # imports this module: loaded on first use
+        fwd, bwd = gpu_chunked._forward, gpu_chunked._backward
+    else:
+        fwd, bwd = _forward, _backward
+    return vjp.KernelPair(functools.partial(fwd, m=m, interpret=interpret),
+                          functools.partial(bwd, m=m, interpret=interpret))
 
 
 GPU_HEAD_DIMS = (64, 128)  # smaller head dims are zero-padded to 64 by vjp.run
+SCHEMES = ("chunked", "fused")
+# "chunked" (gpu_chunked.py): only the state recurrence is sequential, the rest runs one CTA per (head, chunk).
+# "fused" (this file): one sweep per head does everything; fewer launches, longer sequential path.
+DEFAULT_SCHEME = os.environ.get("AIRA_GPU_DELTA_SCHEME", "chunked")
 
 
 def chunk_gated_delta_rule_gpu(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                               chunk_size=CHUNK, interpret=None):
+                               chunk_size=CHUNK, interpret=None, scheme=None):
     """Gated delta rule on a Hopper GPU (g=None: the plain delta rule, decay math compiled out).
 
     interpret: None on the GPU; plgpu.InterpretGPUParams() runs the same kernels on CPU for tests.
+    scheme: "chunked" or "fused" (default DEFAULT_SCHEME, set by the AIRA_GPU_DELTA_SCHEME environment variable).
     """
-    make = lambda gated, sc, dt: _pair(gated, sc, dt, interpret)  # noqa: E731
+    scheme = scheme or DEFAULT_SCHEME
+    if scheme not in SCHEMES:
+        raise ValueError(f"delta rule GPU kernel: unknown scheme {scheme!r}; choose from {SCHEMES} "
+                         "(AIRA_GPU_DELTA_SCHEME)")
+    make = lambda gated, sc, dt: _pair(gated, sc, dt, interpret, scheme)  # noqa: E731
     return vjp.run(make, q, k, v, g, beta, scale=scale, initial_state=initial_state,
                    output_final_state=output_final_state, chunk_size=chunk_size, head_dims=GPU_HEAD_DIMS)
 
@@ -411,8 +422,11 @@ def _is_hopper() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
-    """Whether the forward and backward kernels' SMEM for head dims (dk, dv) fits SMEM_BUDGET (per value block)."""
+def fits_smem(gated: bool, dk: int, dv: int, dtype, scheme: str | None = None) -> bool:
+    """Whether the scheme's kernels' SMEM for head dims (dk, dv) fits SMEM_BUDGET (per value block)."""
+    if (scheme or DEFAULT_SCHEME) == "chunked":
+        from pallas_kernels.gated_delta_rule import gpu_chunked
+        return gpu_chunked.fits_smem(gated, dk, dv, dtype)
     m = chunk_math.ChunkMath(gated=gated, scale=1.0, mm_dtype=jnp.dtype(dtype))
     dv = dv // value_blocks(dv)
     return all(_smem_bytes(_operand_keys(m, CHUNK, dk, dv, bwd), CHUNK, dk, dv, dtype, bwd) <= SMEM_BUDGET

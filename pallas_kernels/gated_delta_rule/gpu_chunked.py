@@ -1,0 +1,339 @@
+"""Chunk-parallel Mosaic GPU scheme for the (gated) delta rule: only the state recurrence runs in chunk order.
+
+The fused scheme of gpu.py walks the chunks of a head in order and does all of a chunk's work on the way, so
+the triangular inverse (about twenty dependent matmuls) sits on the sequential path and a long sequence with
+few heads leaves most SMs idle. Here that work moves into kernels with one CTA per (head, chunk):
+
+  forward   wu      grid (B*H, N)         W and U' of every chunk (the inverse), per value block for U'
+            states  grid (B*H*blocks,)    S_{n+1} = gamma_C S_n + Kd^T (U' - W S_n): two wgmmas a chunk, in
+                                          order; writes the state entering every chunk
+            output  grid (B*H*blocks, N)  o = (scale gamma Q) S_n + P (U' - W S_n), every chunk at once
+  backward  dstates grid (B*H*blocks,)    dS in reverse order: dU = Kd dS' + P^T dO, dS = gamma_C dS'
+                                          + Qs^T dO - W^T dU (no inverse); writes dS leaving every chunk
+            grads   grid (B*H*blocks, N)  chunk_backward of every chunk from (S_n, dS_{n+1}) at once: partial
+                                          dq, dk, dbeta, dg per value block (summed outside), dv
+
+W and U' are kept from the forward for the backward (in the input dtype, as flash-linear-attention keeps them),
+with the per-chunk start states (fp32). The math is chunk_math.py's chunk-parallel functions; the wgmma, vec
+and value-block machinery is gpu.py's.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.common import f32
+from pallas_kernels.gated_delta_rule import chunk_math
+from pallas_kernels.gated_delta_rule import gpu as fused
+
+CHUNK = fused.CHUNK
+ROW = fused.ROW
+WGMMA = plgpu.Layout.WGMMA
+
+
+def _loader(bar):
+    """Issue TMA copies (src ref slice -> SMEM) on barriers 0, 1, ... and wait for all of them."""
+    def load(pairs):
+        for i, (src, dst) in enumerate(pairs):
+            plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
+        for i in range(len(pairs)):
+            plgpu.barrier_wait(bar.at[i])
+    return load
+
+
+def _store(pairs):
+    """Registers -> SMEM tiles -> global memory (waits for the copies: the tiles are refilled afterwards)."""
+    for val, buf, _ in pairs:
+        buf[...] = val.astype(buf.dtype)
+    plgpu.commit_smem()
+    for _, buf, dst in pairs:
+        plgpu.copy_smem_to_gmem(buf, dst)
+    plgpu.wait_smem_to_gmem(0)
+
+
+def _vecs(m, b_s, g_s):
+    return plgpu.load(b_s, layout=ROW) if b_s is not None else None, \
+        plgpu.load(g_s, layout=ROW) if m.gated else None
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+def _wu_kernel(*refs, m, keys, blocks):
+    it = iter(refs)
+    k_ref, v_ref, beta_ref = next(it), next(it), next(it)
+    g_ref = next(it) if m.gated else None
+    w_ref, uf_ref = next(it), next(it)
+    bufs = {key: next(it) for key in keys}
+    k_s, b_s, g_s, vec_s, bar = (next(it) for _ in range(5))
+    v_bufs = [next(it) for _ in range(blocks)]
+    bh, n = lax.axis_index("bh"), lax.axis_index("n")
+    rows = pl.ds(n * CHUNK, CHUNK)
+    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    _loader(bar)([(k_ref.at[bh, rows], k_s), (beta_ref.at[bh, rows], b_s)]
+                 + [(v_ref.at[bh * blocks + j, rows], v_bufs[j]) for j in range(blocks)]
+                 + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+    beta, g = _vecs(m, b_s, g_s)
+    vs = [buf[...] for buf in v_bufs]  # in registers before the tiles are reused for U'
+    w, us = chunk_math.chunk_wu(k_s[...], vs, beta, g, gm)
+    _store([(w, k_s, w_ref.at[bh, rows])]
+           + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
+
+
+def _states_kernel(*refs, m, keys, blocks, num_chunks):
+    it = iter(refs)
+    k_ref, w_ref, uf_ref = next(it), next(it), next(it)
+    g_ref = next(it) if m.gated else None
+    s0_ref, states_ref, sfin_ref = next(it), next(it), next(it)
+    bufs = {key: next(it) for key in keys}
+    k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(7))
+    bhv, bh = fused._program_ids(blocks)
+    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    load = _loader(bar)
+    load([(s0_ref.at[bhv], st_s)])
+    s0 = plgpu.load(st_s, layout=WGMMA)
+
+    def step(n, s):
+        rows = pl.ds(n * CHUNK, CHUNK)
+        plgpu.wait_smem_to_gmem(0)  # the previous state's copy out of st_s is done before it is rewritten
+        st_s[...] = s
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(st_s, states_ref.at[bhv, n])  # the state entering chunk n; overlaps the math
+        load([(k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s), (uf_ref.at[bhv, rows], u_s)]
+             + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+        _, g = _vecs(m, None, g_s)
+        return chunk_math.chunk_state_step(k_s[...], w_s[...], u_s[...], g, s, gm)
+
+    s_fin = lax.fori_loop(0, num_chunks, step, s0)
+    plgpu.wait_smem_to_gmem(0)
+    _store([(s_fin, st_s, sfin_ref.at[bhv])])
+
+
+def _output_kernel(*refs, m, keys, blocks):
+    it = iter(refs)
+    q_ref, k_ref, w_ref, uf_ref = next(it), next(it), next(it), next(it)
+    g_ref = next(it) if m.gated else None
+    states_ref, o_ref = next(it), next(it)
+    bufs = {key: next(it) for key in keys}
+    q_s, k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    bhv, bh = fused._program_ids(blocks)
+    n = lax.axis_index("n")
+    rows = pl.ds(n * CHUNK, CHUNK)
+    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s),
+                  (uf_ref.at[bhv, rows], u_s), (states_ref.at[bhv, n], st_s)]
+                 + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+    _, g = _vecs(m, None, g_s)
+    s = plgpu.load(st_s, layout=WGMMA)
+    o = chunk_math.chunk_output(q_s[...], k_s[...], w_s[...], u_s[...], g, s, gm)
+    _store([(o, u_s, o_ref.at[bhv, rows])])
+
+
+def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
+    it = iter(refs)
+    q_ref, k_ref, w_ref = next(it), next(it), next(it)
+    g_ref = next(it) if m.gated else None
+    do_ref, dsf_ref, dstates_ref, ds0_ref = next(it), next(it), next(it), next(it)
+    bufs = {key: next(it) for key in keys}
+    q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    bhv, bh = fused._program_ids(blocks)
+    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    load = _loader(bar)
+    load([(dsf_ref.at[bhv], st_s)])
+    ds_fin = plgpu.load(st_s, layout=WGMMA)
+
+    def step(i, ds_next):
+        n = num_chunks - 1 - i
+        rows = pl.ds(n * CHUNK, CHUNK)
+        plgpu.wait_smem_to_gmem(0)
+        st_s[...] = ds_next
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(st_s, dstates_ref.at[bhv, n])  # dL/dS leaving chunk n
+        load([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s),
+              (do_ref.at[bhv, rows], do_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+        _, g = _vecs(m, None, g_s)
+        return chunk_math.chunk_state_grad(q_s[...], k_s[...], w_s[...], g, do_s[...], ds_next, gm)
+
+    ds0 = lax.fori_loop(0, num_chunks, step, ds_fin)
+    plgpu.wait_smem_to_gmem(0)
+    _store([(ds0, st_s, ds0_ref.at[bhv])])
+
+
+def _grads_kernel(*refs, m, keys, blocks):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, beta_ref = next(it), next(it), next(it), next(it)
+    g_ref = next(it) if m.gated else None
+    states_ref, dstates_ref, do_ref = next(it), next(it), next(it)
+    dq_ref, dk_ref, dv_ref = next(it), next(it), next(it)
+    dg_ref = next(it) if m.gated else None
+    dbeta_ref = next(it)
+    bufs = {key: next(it) for key in keys}
+    q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, bar = (next(it) for _ in range(11))
+    bhv, bh = fused._program_ids(blocks)
+    n = lax.axis_index("n")
+    rows = pl.ds(n * CHUNK, CHUNK)
+    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
+                  (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
+                  (dstates_ref.at[bhv, n], dst_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+    beta, g = _vecs(m, b_s, g_s)
+    s, ds_next = plgpu.load(st_s, layout=WGMMA), plgpu.load(dst_s, layout=WGMMA)
+    dq, dk, dv, dbeta, dg, _ = chunk_math.chunk_backward(q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...],
+                                                         ds_next, gm)
+    vo_s[0] = dbeta
+    if m.gated:
+        vo_s[1] = dg
+    # dq, dk, dv go out through the q, k, v tiles (their values are in registers by now).
+    outs = [(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]), (dv, v_s, dv_ref.at[bhv, rows])]
+    for val, buf, _ in outs:
+        buf[...] = val.astype(buf.dtype)
+    plgpu.commit_smem()
+    for _, buf, dst in outs:
+        plgpu.copy_smem_to_gmem(buf, dst)
+    plgpu.copy_smem_to_gmem(vo_s.at[0], dbeta_ref.at[bhv, rows])
+    if m.gated:
+        plgpu.copy_smem_to_gmem(vo_s.at[1], dg_ref.at[bhv, rows])
+    plgpu.wait_smem_to_gmem(0)
+
+
+# ------------------------------------------------------------------------------------------------ launch
+def _launch(body, args, out_shape, scratch, *, grid, interpret, name):
+    names = ("bh", "n")[:len(grid)]
+    kw = dict(interpret=interpret) if interpret else dict(compiler_params=plgpu.CompilerParams())
+    return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=grid, grid_names=names,
+                        kernel_name=name, **kw)(*args)
+
+
+def _mat(r, k):
+    return jax.ShapeDtypeStruct((r, k), f32)
+
+
+def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
+    """SMEM operand buffers of one kernel's chunk math (a dry run on its shapes)."""
+    c = CHUNK
+    vec = jax.ShapeDtypeStruct((c, 1), f32)
+    g = vec if m.gated else None
+    if which == "wu":
+        return fused.record_operand_keys(m, lambda k, beta, g, mm: chunk_math.chunk_wu(
+            k, [jnp.zeros((c, bv), f32)] * blocks, beta, g, mm), _mat(c, dk), vec, g)
+    if which == "states":
+        return fused.record_operand_keys(m, chunk_math.chunk_state_step, _mat(c, dk), _mat(c, dk), _mat(c, bv),
+                                         g, _mat(dk, bv))
+    if which == "output":
+        return fused.record_operand_keys(m, chunk_math.chunk_output, _mat(c, dk), _mat(c, dk), _mat(c, dk),
+                                         _mat(c, bv), g, _mat(dk, bv))
+    if which == "dstates":
+        return fused.record_operand_keys(m, chunk_math.chunk_state_grad, _mat(c, dk), _mat(c, dk), _mat(c, dk),
+                                         g, _mat(c, bv), _mat(dk, bv))
+    return fused._operand_keys(m, c, dk, bv, backward=True)  # grads: the fused backward's chunk math
+
+
+def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
+    """Operand buffers + staging tiles + state buffers of one kernel (mirrors the scratch lists below)."""
+    c, isz = CHUNK, jnp.dtype(in_dtype).itemsize
+    tiles = {"wu": c * dk + blocks * c * bv, "states": 2 * c * dk + c * bv, "output": 3 * c * dk + c * bv,
+             "dstates": 3 * c * dk + c * bv, "grads": 2 * c * dk + 2 * c * bv}[which]
+    states = {"wu": 0, "states": 1, "output": 1, "dstates": 1, "grads": 2}[which] * dk * bv * 4
+    return fused.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + 6 * c * 4
+
+
+KERNELS = ("wu", "states", "output", "dstates", "grads")
+
+
+@functools.lru_cache(maxsize=None)
+def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
+    m = chunk_math.ChunkMath(gated=gated, scale=1.0, mm_dtype=jnp.dtype(dtype))
+    blocks = fused.value_blocks(dv)
+    return all(smem_bytes(m, w, dk, dv // blocks, blocks, dtype) <= fused.SMEM_BUDGET for w in KERNELS)
+
+
+def _inputs(q, k, v, g, beta, blocks):
+    hf = fused._heads_first
+    return hf(q), hf(k), fused._values_first(v, blocks), (hf(g) if g is not None else None), hf(beta)
+
+
+def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret):
+    bh, tp, dk = kh.shape
+    rows, _, bv = vb.shape
+    c = CHUNK
+    keys = _keys(m, "wu", dk, bv, blocks)
+    args = [kh, vb, bh_beta] + ([gh] if m.gated else [])
+    out = [jax.ShapeDtypeStruct((bh, tp, dk), kh.dtype), jax.ShapeDtypeStruct((rows, tp, bv), vb.dtype)]
+    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
+                                    plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
+                             + [plgpu.SMEM((c, bv), vb.dtype)] * blocks)
+    body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks)
+    return _launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret, name="delta_rule_wu")
+
+
+def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
+    bsz, tp, heads, dk = q.shape
+    blocks = fused.value_blocks(v.shape[-1])
+    qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
+    rows, _, bv = vb.shape
+    c, nc = CHUNK, tp // CHUNK
+    w, uf = _wu(kh, vb, bh_beta, gh, m=m, blocks=blocks, interpret=interpret)
+    gl = [gh] if m.gated else []
+
+    keys = _keys(m, "states", dk, bv, blocks)
+    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, dk), w.dtype),
+                                    plgpu.SMEM((c, bv), uf.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
+                                    plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=4)])
+    states, s_fin = _launch(
+        functools.partial(_states_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
+        [kh, w, uf] + gl + [fused._state_first(s0, blocks)],
+        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
+        scratch, grid=(rows,), interpret=interpret, name="delta_rule_states")
+
+    keys = _keys(m, "output", dk, bv, blocks)
+    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
+                                    plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), uf.dtype),
+                                    plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
+                                    plgpu.Barrier(num_barriers=6)])
+    (o,) = _launch(functools.partial(_output_kernel, m=m, keys=keys, blocks=blocks),
+                   [qh, kh, w, uf] + gl + [states], [jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)],
+                   scratch, grid=(rows, nc), interpret=interpret, name="delta_rule_output")
+    residual = (states, w) if save_states else None
+    return fused._values_back(o, bsz, heads), fused._state_back(s_fin, bsz, heads), residual
+
+
+def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
+    states, w = residual
+    bsz, tp, heads, dk = q.shape
+    blocks = fused.value_blocks(v.shape[-1])
+    qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
+    rows, _, bv = vb.shape
+    c, nc = CHUNK, tp // CHUNK
+    gl = [gh] if m.gated else []
+    dob = fused._values_first(do.astype(v.dtype), blocks)
+
+    keys = _keys(m, "dstates", dk, bv, blocks)
+    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
+                                    plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), dob.dtype),
+                                    plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
+                                    plgpu.Barrier(num_barriers=5)])
+    dstates, ds0 = _launch(
+        functools.partial(_dstates_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
+        [qh, kh, w] + gl + [dob, fused._state_first(ds_final, blocks)],
+        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
+        scratch, grid=(rows,), interpret=interpret, name="delta_rule_dstates")
+
+    keys = _keys(m, "grads", dk, bv, blocks)
+    scratch = fused._scratch(keys, [
+        plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, bv), vb.dtype),
+        plgpu.SMEM((c, bv), dob.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
+        plgpu.SMEM((dk, bv), f32), plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=8)])
+    out = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
+           jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)] \
+        + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) + [jax.ShapeDtypeStruct((rows, tp), f32)]
+    outs = iter(_launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
+                        [qh, kh, vb, bh_beta] + gl + [states, dstates, dob], out, scratch,
+                        grid=(rows, nc), interpret=interpret, name="delta_rule_grads"))
+    dq, dk_ = (fused._sum_blocks(next(outs), bsz, heads) for _ in range(2))
+    dv = fused._values_back(next(outs), bsz, heads)
+    dg = fused._sum_blocks(next(outs), bsz, heads) if m.gated else None
+    dbeta = fused._sum_blocks(next(outs), bsz, heads)
+    return dq, dk_, dv, dg, dbeta, fused._state_back(ds0, bsz, heads)
