@@ -41,7 +41,7 @@ step() {  # name, seconds, command...
 
 # Issue 6 (Pallas kernels). 1: correctness of the Mosaic GPU kernels of all three ops against the fp32 oracles.
 python3 -c "import pytest" 2>/dev/null || echo "pytest is missing: carry the pytest, pluggy and iniconfig wheels in .whl/"
-step pallas_gpu_tests 100 python3 -m pytest -m gpu tests/test_pallas_gpu.py -q -rs -p no:cacheprovider
+step pallas_gpu_tests 120 python3 -m pytest -m gpu tests/test_pallas_gpu.py tests/test_pallas_delta.py -q -rs -p no:cacheprovider
 [ -f "$OUT/pallas_gpu_tests.log" ] && cp "$OUT/pallas_gpu_tests.log" "bench/results/test_pallas_gpu_${TODAY}.log"
 # 2: kernel timings, Pallas vs XLA vs fla (fla first in a subprocess), one table; rows saved after each op.
 step kernels 210 python3 bench/kernels.py --iters=10 --fla_timeout=80

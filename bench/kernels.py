@@ -4,7 +4,8 @@
     python bench/kernels.py --smoke    # CPU: tiny shapes, XLA only, checks the script end to end
 
 Implementations, timed in the same run: `pallas` = aira_jax.ops with impl='kernel' (the registered Pallas kernel
-of this backend), `xla` = impl='xla' (chunked pure JAX), `fla` = flash-linear-attention's Triton kernels (fla-core
+of this backend; the delta rules' default GPU scheme, "chunked"), `pallas_fused` = the delta rules' GPU kernels
+with scheme="fused" (one sequential sweep per head; delta ops only), `xla` = impl='xla' (chunked pure JAX), `fla` = flash-linear-attention's Triton kernels (fla-core
 0.6, PyTorch), run by this same script in a subprocess (--fla_child) so torch and JAX never share the GPU
 process. JAX timing: jit, warm-up, block_until_ready, median of --iters; fla: triton.testing.do_bench median.
 fwd+bwd = gradients of sum(o * do) with respect to every float input (q, k, v, g, beta), like training.
@@ -38,6 +39,7 @@ GATES = {"delta_rule": ("beta",), "gated_delta_rule": ("g", "beta"), "simple_gla
 SHAPES = "8x2048x8x128,2x8192x8x128,8x2048x8x64,2x8192x8x64"
 SMOKE_SHAPES = "1x64x1x16"
 CHUNK = 64
+JAX_IMPLS = ("pallas", "pallas_fused", "xla")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
@@ -89,9 +91,15 @@ def jax_inputs(op, shape, seed=0):
 
 
 def jax_fn(op, impl):
+    """impl: 'kernel' / 'xla' through aira_jax.ops, or 'fused' (the delta rules' fused GPU scheme, called directly)."""
     from aira_jax import ops
-    fn = getattr(ops, op)
     names = ("q", "k", "v") + GATES[op]
+    if impl == "fused":
+        from pallas_kernels.delta_rule import gpu as dr_gpu
+        from pallas_kernels.gated_delta_rule import gpu as gdr_gpu
+        kernel = {"delta_rule": dr_gpu.chunk_delta_rule_gpu, "gated_delta_rule": gdr_gpu.chunk_gated_delta_rule_gpu}[op]
+        return (lambda *args: kernel(*args, scheme="fused")), names
+    fn = getattr(ops, op)
 
     def run(*args):
         return fn(*args, impl=impl)
@@ -122,7 +130,7 @@ def jax_cases(op, shape, impls, a) -> list[dict]:
     for impl in sorted(impls, key=lambda i: i != "xla"):  # XLA first: its output is the reference
         row = {"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl}
         try:
-            run, names = jax_fn(op, "kernel" if impl == "pallas" else "xla")
+            run, names = jax_fn(op, {"pallas": "kernel", "pallas_fused": "fused"}.get(impl, "xla"))
             args = tuple(ins[n] for n in names)
             fwd = jax.jit(run)
             grad = jax.jit(jax.grad(lambda *x: jnp.sum(run(*x).astype(jnp.float32) * do.astype(jnp.float32)),
@@ -208,7 +216,7 @@ def annotate(rows: list[dict], a) -> None:
             r["fwd_tflops"] = m["fwd_flops"] / r["fwd_ms"] / 1e9
             r["fb_tflops"] = m["fb_flops"] / r["fb_ms"] / 1e9
             r["fb_of_floor"] = r["floor_fb_ms"] / r["fb_ms"]
-        if r["impl"] == "pallas" and "fwd_ms" in r:
+        if r["impl"] in ("pallas", "pallas_fused") and "fwd_ms" in r:
             for other, key in (("fla", "pallas_over_fla"), ("xla", "xla_over_pallas")):
                 o = by.get((r["op"], r["shape"], other), {})
                 if "fwd_ms" in o:
@@ -255,7 +263,8 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="CPU check: tiny shapes, XLA only, few iterations")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--shapes", default=None, help=f"BxTxHxD,... (default {SHAPES})")
-    ap.add_argument("--impls", default=None, help="comma list of pallas,xla,fla (default all; --smoke: xla)")
+    ap.add_argument("--impls", default=None,
+                    help="comma list of pallas,pallas_fused,xla,fla (default all; --smoke: xla)")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--fla_timeout", type=int, default=240)
@@ -266,13 +275,13 @@ def main(argv=None):
     a = ap.parse_args(argv)
     a.shapes = a.shapes or (SMOKE_SHAPES if a.smoke else SHAPES)
     a.iters = a.iters or (2 if a.smoke else 20)
-    impls = (a.impls or ("xla" if a.smoke else "pallas,xla,fla")).split(",")
+    impls = (a.impls or ("xla" if a.smoke else "pallas,pallas_fused,xla,fla")).split(",")
     for op in a.ops.split(","):
         if op not in OPS:
             raise ValueError(f"--ops: unknown op {op!r}; choose from {OPS}")
     for impl in impls:
-        if impl not in ("pallas", "xla", "fla"):
-            raise ValueError(f"--impls: unknown implementation {impl!r}; choose from pallas, xla, fla")
+        if impl not in JAX_IMPLS + ("fla",):
+            raise ValueError(f"--impls: unknown implementation {impl!r}; choose from pallas, pallas_fused, xla, fla")
     parse_shapes(a.shapes)
     if a.fla_child:
         return fla_child(a)
@@ -289,7 +298,8 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     for op in a.ops.split(","):
         for shape in parse_shapes(a.shapes):
-            rows.extend(jax_cases(op, shape, [i for i in impls if i in ("pallas", "xla")], a))
+            mine = [i for i in impls if i in JAX_IMPLS and (i != "pallas_fused" or op != "simple_gla")]
+            rows.extend(jax_cases(op, shape, mine, a))
         save(rows, impls, a, device, today, stem)
     text = save(rows, impls, a, device, today, stem)
     print(text)

@@ -263,9 +263,11 @@ GPU_CASES = [(True, jnp.bfloat16, 2, 300, 2, True, 64), (False, jnp.bfloat16, 2,
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scheme", gdr_gpu.SCHEMES)
 @pytest.mark.parametrize("gated,dtype,b,t,h,with_state,d", GPU_CASES)
-def test_gpu_kernels_match_oracle_on_hopper(gated, dtype, b, t, h, with_state, d):
-    fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
+def test_gpu_kernels_match_oracle_on_hopper(gated, dtype, b, t, h, with_state, d, scheme):
+    base = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
+    fn = lambda *a, **kw: base(*a, scheme=scheme, **kw)  # noqa: E731
     # fp32 matmuls run as three bf16 wgmmas on hi/lo splits (gpu.py, _GpuMath.dot): held to the fp32 bar.
     check_against_oracle(fn, fresh_seed(), b=b, t=t, h=h, dk=d, dv=d, dtype=dtype, gated=gated,
                          with_state=with_state)
