@@ -6,7 +6,8 @@ few heads leaves most SMs idle. Here that work moves into kernels with one CTA p
 
   forward   wu      grid (B*H, N)         W and U' of every chunk (the inverse), per value block for U'
             states  grid (B*H*blocks,)    S_{n+1} = gamma_C S_n + Kd^T (U' - W S_n): two wgmmas a chunk, in
-                                          order; writes the state entering every chunk
+                                          order (the next chunk's tiles load meanwhile); writes the state
+                                          entering every chunk
             output  grid (B*H*blocks, N)  o = (scale gamma Q) S_n + P (U' - W S_n), every chunk at once
   backward  dstates grid (B*H*blocks,)    dS in reverse order: dU = Kd dS' + P^T dO, dS = gamma_C dS'
                                           + Qs^T dO - W^T dU (no inverse); writes dS leaving every chunk
@@ -83,31 +84,74 @@ def _wu_kernel(*refs, m, keys, blocks):
            + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
 
 
+class _Prefetch:
+    """Double-buffered TMA loads for the sequential kernels: chunk n's tiles sit in slot n % 2 while chunk n+1's
+    are already on their way into the other slot (one barrier per slot and operand).
+
+    srcs(n) -> the global ref slices of chunk n, in the order of `bufs` (each buf is [2, ...]: one per slot).
+    """
+
+    def __init__(self, srcs, bufs, bar):
+        self.srcs, self.bufs, self.bar = srcs, bufs, bar
+
+    def issue(self, n, slot):
+        for i, (src, buf) in enumerate(zip(self.srcs(n), self.bufs)):
+            plgpu.copy_gmem_to_smem(src, buf.at[slot], self.bar.at[slot * len(self.bufs) + i])
+
+    def wait(self, slot):
+        for i in range(len(self.bufs)):
+            plgpu.barrier_wait(self.bar.at[slot * len(self.bufs) + i])
+        return [buf.at[slot] for buf in self.bufs]
+
+
+def _sequential(num_chunks, reverse, pre: _Prefetch, body, init):
+    """fori_loop over the chunks (in reverse for the backward) with chunk i+1's loads issued before chunk i's math.
+
+    body(n, tiles, carry) -> carry, where tiles are this chunk's SMEM slot views.
+    """
+    chunk = (lambda i: num_chunks - 1 - i) if reverse else (lambda i: i)  # noqa: E731
+    pre.issue(chunk(0), 0)
+
+    def step(i, carry):
+        slot = lax.rem(i, 2)
+        tiles = pre.wait(slot)
+
+        @pl.when(i + 1 < num_chunks)
+        def _():
+            pre.issue(chunk(i + 1), 1 - slot)
+
+        return body(chunk(i), tiles, carry)
+
+    return lax.fori_loop(0, num_chunks, step, init)
+
+
 def _states_kernel(*refs, m, keys, blocks, num_chunks):
     it = iter(refs)
     k_ref, w_ref, uf_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
     s0_ref, states_ref, sfin_ref = next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
-    k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(7))
+    k_s, w_s, u_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(8))
     bhv, bh = fused._program_ids(blocks)
     gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    load = _loader(bar)
-    load([(s0_ref.at[bhv], st_s)])
+    _loader(bar0)([(s0_ref.at[bhv], st_s)])
     s0 = plgpu.load(st_s, layout=WGMMA)
 
-    def step(n, s):
+    def srcs(n):
         rows = pl.ds(n * CHUNK, CHUNK)
+        return [k_ref.at[bh, rows], w_ref.at[bh, rows], uf_ref.at[bhv, rows]] \
+            + ([g_ref.at[bh, rows]] if m.gated else [])
+
+    def body(n, tiles, s):
         plgpu.wait_smem_to_gmem(0)  # the previous state's copy out of st_s is done before it is rewritten
         st_s[...] = s
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(st_s, states_ref.at[bhv, n])  # the state entering chunk n; overlaps the math
-        load([(k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s), (uf_ref.at[bhv, rows], u_s)]
-             + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
-        _, g = _vecs(m, None, g_s)
-        return chunk_math.chunk_state_step(k_s[...], w_s[...], u_s[...], g, s, gm)
+        g = plgpu.load(tiles[3], layout=ROW) if m.gated else None
+        return chunk_math.chunk_state_step(tiles[0][...], tiles[1][...], tiles[2][...], g, s, gm)
 
-    s_fin = lax.fori_loop(0, num_chunks, step, s0)
+    pre = _Prefetch(srcs, [k_s, w_s, u_s] + ([g_s] if m.gated else []), bar)
+    s_fin = _sequential(num_chunks, False, pre, body, s0)
     plgpu.wait_smem_to_gmem(0)
     _store([(s_fin, st_s, sfin_ref.at[bhv])])
 
@@ -138,26 +182,28 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     g_ref = next(it) if m.gated else None
     do_ref, dsf_ref, dstates_ref, ds0_ref = next(it), next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(9))
     bhv, bh = fused._program_ids(blocks)
     gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    load = _loader(bar)
-    load([(dsf_ref.at[bhv], st_s)])
+    _loader(bar0)([(dsf_ref.at[bhv], st_s)])
     ds_fin = plgpu.load(st_s, layout=WGMMA)
 
-    def step(i, ds_next):
-        n = num_chunks - 1 - i
+    def srcs(n):
         rows = pl.ds(n * CHUNK, CHUNK)
+        return [q_ref.at[bh, rows], k_ref.at[bh, rows], w_ref.at[bh, rows], do_ref.at[bhv, rows]] \
+            + ([g_ref.at[bh, rows]] if m.gated else [])
+
+    def body(n, tiles, ds_next):
         plgpu.wait_smem_to_gmem(0)
         st_s[...] = ds_next
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(st_s, dstates_ref.at[bhv, n])  # dL/dS leaving chunk n
-        load([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s),
-              (do_ref.at[bhv, rows], do_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
-        _, g = _vecs(m, None, g_s)
-        return chunk_math.chunk_state_grad(q_s[...], k_s[...], w_s[...], g, do_s[...], ds_next, gm)
+        g = plgpu.load(tiles[4], layout=ROW) if m.gated else None
+        return chunk_math.chunk_state_grad(tiles[0][...], tiles[1][...], tiles[2][...], g, tiles[3][...], ds_next,
+                                           gm)
 
-    ds0 = lax.fori_loop(0, num_chunks, step, ds_fin)
+    pre = _Prefetch(srcs, [q_s, k_s, w_s, do_s] + ([g_s] if m.gated else []), bar)
+    ds0 = _sequential(num_chunks, True, pre, body, ds_fin)
     plgpu.wait_smem_to_gmem(0)
     _store([(ds0, st_s, ds0_ref.at[bhv])])
 
@@ -234,8 +280,8 @@ def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
 def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
     """Operand buffers + staging tiles + state buffers of one kernel (mirrors the scratch lists below)."""
     c, isz = CHUNK, jnp.dtype(in_dtype).itemsize
-    tiles = {"wu": c * dk + blocks * c * bv, "states": 2 * c * dk + c * bv, "output": 3 * c * dk + c * bv,
-             "dstates": 3 * c * dk + c * bv, "grads": 2 * c * dk + 2 * c * bv}[which]
+    tiles = {"wu": c * dk + blocks * c * bv, "states": 2 * (2 * c * dk + c * bv), "output": 3 * c * dk + c * bv,
+             "dstates": 2 * (3 * c * dk + c * bv), "grads": 2 * c * dk + 2 * c * bv}[which]  # sequential: 2 slots
     states = {"wu": 0, "states": 1, "output": 1, "dstates": 1, "grads": 2}[which] * dk * bv * 4
     return fused.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + 6 * c * 4
 
@@ -279,9 +325,10 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     gl = [gh] if m.gated else []
 
     keys = _keys(m, "states", dk, bv, blocks)
-    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, dk), w.dtype),
-                                    plgpu.SMEM((c, bv), uf.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
-                                    plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=4)])
+    scratch = fused._scratch(keys, [plgpu.SMEM((2, c, dk), kh.dtype), plgpu.SMEM((2, c, dk), w.dtype),
+                                    plgpu.SMEM((2, c, bv), uf.dtype), plgpu.SMEM((2, c), f32),
+                                    plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=1),
+                                    plgpu.Barrier(num_barriers=2 * (4 if m.gated else 3))])
     states, s_fin = _launch(
         functools.partial(_states_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
         [kh, w, uf] + gl + [fused._state_first(s0, blocks)],
@@ -311,10 +358,10 @@ def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
     dob = fused._values_first(do.astype(v.dtype), blocks)
 
     keys = _keys(m, "dstates", dk, bv, blocks)
-    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
-                                    plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), dob.dtype),
-                                    plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
-                                    plgpu.Barrier(num_barriers=5)])
+    scratch = fused._scratch(keys, [plgpu.SMEM((2, c, dk), qh.dtype), plgpu.SMEM((2, c, dk), kh.dtype),
+                                    plgpu.SMEM((2, c, dk), w.dtype), plgpu.SMEM((2, c, bv), dob.dtype),
+                                    plgpu.SMEM((2, c), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
+                                    plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=2 * (5 if m.gated else 4))])
     dstates, ds0 = _launch(
         functools.partial(_dstates_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
         [qh, kh, w] + gl + [dob, fused._state_first(ds_final, blocks)],
