@@ -147,3 +147,15 @@ def _uli_bwd(t, g):
 
 
 unit_lower_inverse.defvjp(_uli_fwd, _uli_bwd)
+
+
+def is_hopper() -> bool:
+    """Whether the kernels' GPU is a Hopper (sm_90: H100/H200), the only one with wgmma (Blackwell has tcgen05).
+
+    Under aira_jax.ops.dispatch.lowering_for("gpu") (cross-lowering from another host) the target is assumed to be.
+    """
+    from aira_jax.ops import dispatch  # here, not at import: pallas_kernels stays importable without aira_jax.ops
+    if dispatch.lowering_target() == "gpu":
+        return True
+    cc = getattr(jax.devices()[0], "compute_capability", None)  # "9.0" on H100/H200
+    return cc is not None and str(cc).split(".")[0] == "9"

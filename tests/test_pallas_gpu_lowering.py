@@ -9,8 +9,12 @@ Every case that `applies()` accepts must lower, in both the inference forward an
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax import export
 
+from aira_jax.models import build_model
+from aira_jax.ops import dispatch
+from aira_jax.train.state import cast_floating
 from pallas_kernels.delta_rule import gpu as dr_gpu
 from pallas_kernels.gated_delta_rule import gpu as gdr_gpu
 from pallas_kernels.simple_gla import gpu as gla_gpu
@@ -35,7 +39,7 @@ def _op(name, scheme=None):
                                                                          scheme=scheme, output_final_state=True),
                 lambda q, k, v, w: gdr_gpu.applies(q, k, v, w, w, check_device=False))
     return (lambda q, k, v, w, s: gla_gpu.simple_gla_gpu(q, k, v, w, initial_state=s, output_final_state=True),
-            lambda q, k, v, w: gla_gpu.applies(q, k, v, w))
+            lambda q, k, v, w: gla_gpu.applies(q, k, v, w, check_device=False))
 
 
 def _lower(fn, *args):
@@ -81,3 +85,32 @@ def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
         assert not gdr_gpu.fits_smem(False, 128, 128, jnp.float32, scheme)
         with pytest.raises(ValueError, match="shared memory"):
             _lower(kernel, x, x, x, vec, s0)
+
+
+@pytest.mark.parametrize("design,op", [("deltanet", "delta_rule"), ("mamba2", "simple_gla"),
+                                       pytest.param("gated_deltanet", "gated_delta_rule", marks=slow)])
+def test_model_training_step_lowers_for_cuda_with_the_gpu_kernels(design, op, monkeypatch):
+    """A baseline LM's bf16 loss gradient, exported for CUDA from this CPU host under dispatch.lowering_for('gpu'):
+    ops picks the registered Mosaic GPU kernel (head dim 32 zero-padded to 64) and the whole step lowers."""
+    chosen = []
+    log = dispatch.log_path
+    monkeypatch.setattr(dispatch, "log_path", lambda o, path, why: (chosen.append((o, path)), log(o, path, why)))
+    model = build_model({"vocab_size": 259, "d_model": 64, "num_layers": 2, "num_heads": 2, "design": design},
+                        rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def loss(params, tokens):
+        logits = nnx.merge(graphdef, cast_floating(params, jnp.bfloat16))(tokens)
+        return jnp.mean(logits.astype(jnp.float32) ** 2)
+
+    with dispatch.lowering_for("gpu"):
+        text = _lower(jax.grad(loss), params, jnp.zeros((2, 256), jnp.int32))
+    assert (op, "gpu kernel") in chosen, chosen
+    assert "mosaic_gpu" in text
+    assert dispatch.target_backend() == dispatch.canonical_backend(jax.default_backend())  # override ended
+
+
+def test_lowering_for_rejects_unknown_backends():
+    with pytest.raises(ValueError, match="unknown backend 'metal'"):
+        with dispatch.lowering_for("metal"):
+            pass

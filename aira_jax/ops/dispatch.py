@@ -111,6 +111,32 @@ def use_impl(impl: str):
         _local.impl = prev
 
 
+def target_backend() -> str:
+    """The backend whose kernels ops choose: jax.default_backend(), unless `lowering_for` names another."""
+    return getattr(_local, "target", None) or canonical_backend(jax.default_backend())
+
+
+def lowering_target() -> str | None:
+    """The backend named by an enclosing `lowering_for`, or None."""
+    return getattr(_local, "target", None)
+
+
+@contextlib.contextmanager
+def lowering_for(backend: str):
+    """Choose the kernels of `backend` while tracing here, whatever this host runs: for exporting or cross-lowering
+    a model for another platform, e.g. `with lowering_for("gpu"): jax.export.export(f, platforms=["cuda"])(...)`
+    on a CPU host. Kernels that check the live device (the Hopper-only GPU kernels) assume the target has it."""
+    backend = canonical_backend(backend)
+    if backend not in KERNEL_BACKENDS + ("cpu",):
+        raise ValueError(f"lowering_for: unknown backend {backend!r}; choose from {KERNEL_BACKENDS + ('cpu',)}")
+    prev = getattr(_local, "target", None)
+    _local.target = backend
+    try:
+        yield
+    finally:
+        _local.target = prev
+
+
 def log_path(op: str, path: str, why: str) -> None:
     key = (op, path, why)
     if key not in _logged:
@@ -121,7 +147,7 @@ def log_path(op: str, path: str, why: str) -> None:
 def choose(op: str, impl: str | None, args: tuple, kwargs: dict) -> tuple[str, Kernel | None]:
     """Returns ('kernel', Kernel) | ('xla', None) | ('reference', None) and logs the choice once."""
     impl = _check(impl) if impl is not None else default_impl()
-    backend = canonical_backend(jax.default_backend())
+    backend = target_backend()
     if impl in ("xla", "reference"):
         log_path(op, impl, "forced")
         return impl, None

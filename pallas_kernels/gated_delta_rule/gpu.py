@@ -35,6 +35,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from aira_jax.ops.dispatch import register_kernel
+from pallas_kernels import common
 from pallas_kernels.gated_delta_rule import chunk_math, vjp
 from pallas_kernels.common import f32
 
@@ -416,11 +417,6 @@ def chunk_gated_delta_rule_gpu(q, k, v, g, beta, *, scale=None, initial_state=No
                    output_final_state=output_final_state, chunk_size=chunk_size, head_dims=GPU_HEAD_DIMS)
 
 
-def _is_hopper() -> bool:
-    cc = getattr(jax.devices()[0], "compute_capability", None)  # "9.0" on H100/H200
-    return cc is not None and str(cc).split(".")[0] == "9"  # wgmma is Hopper-only (Blackwell uses tcgen05)
-
-
 @functools.lru_cache(maxsize=None)
 def fits_smem(gated: bool, dk: int, dv: int, dtype, scheme: str | None = None) -> bool:
     """Whether the scheme's kernels' SMEM for head dims (dk, dv) fits SMEM_BUDGET (per value block)."""
@@ -436,7 +432,7 @@ def fits_smem(gated: bool, dk: int, dv: int, dtype, scheme: str | None = None) -
 def applies(q, k, v, g, beta, *, check_device=True, **kwargs) -> bool:
     if not vjp.applies(q, k, v, g, beta, head_dims=GPU_HEAD_DIMS, **kwargs):
         return False
-    if check_device and not _is_hopper():
+    if check_device and not common.is_hopper():
         return False
     dk, dv = (vjp.common.kernel_head_dim(d, GPU_HEAD_DIMS) for d in (q.shape[-1], v.shape[-1]))
     return fits_smem(g is not None, dk, dv, jnp.dtype(q.dtype))

@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from aira_jax.ops.dispatch import register_kernel
+from pallas_kernels import common
 from pallas_kernels.common import f32
 from pallas_kernels.simple_gla import vjp
 
@@ -312,11 +313,11 @@ def simple_gla_gpu(q, k, v, g, *, scale=None, initial_state=None, output_final_s
                    head_dims=GPU_HEAD_DIMS)
 
 
-def applies(q, k, v, g, *, chunk_size=64, **_) -> bool:
+def applies(q, k, v, g, *, chunk_size=64, check_device=True, **_) -> bool:
     # bf16 only (fp32 wgmma would be tf32, below the fp32 bar); head dims 64/128 (the gradient kernel keeps
-    # q, k, v, dO, both states and its staging tiles in shared memory: ~200 KiB at 128).
+    # q, k, v, dO, both states and its staging tiles in shared memory: ~200 KiB at 128); wgmma needs a Hopper.
     return (vjp.supported(q, k, v, g, chunk_size=chunk_size, dims=GPU_HEAD_DIMS)
-            and jnp.dtype(q.dtype) == jnp.dtype(bf16))
+            and jnp.dtype(q.dtype) == jnp.dtype(bf16) and (not check_device or common.is_hopper()))
 
 
 register_kernel("simple_gla", "gpu", simple_gla_gpu, applies)
