@@ -1,4 +1,4 @@
-"""The Mosaic GPU kernels lower for CUDA on a machine without a GPU.
+"""The Mosaic GPU kernels lower for CUDA on a machine without a GPU (and whole models lower for CUDA and TPU).
 
 `jax.export(..., platforms=['cuda'])` runs the whole Pallas -> Mosaic GPU lowering on the CPU: layout inference,
 the wgmma operand rules (which operands may be transposed views, for which dtypes), TMA descriptors and the
@@ -87,11 +87,17 @@ def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
             _lower(kernel, x, x, x, vec, s0)
 
 
-@pytest.mark.parametrize("design,op", [("deltanet", "delta_rule"), ("mamba2", "simple_gla"),
-                                       pytest.param("gated_deltanet", "gated_delta_rule", marks=slow)])
-def test_model_training_step_lowers_for_cuda_with_the_gpu_kernels(design, op, monkeypatch):
-    """A baseline LM's bf16 loss gradient, exported for CUDA from this CPU host under dispatch.lowering_for('gpu'):
-    ops picks the registered Mosaic GPU kernel (head dim 32 zero-padded to 64) and the whole step lowers."""
+MODEL_CASES = [("gpu", "deltanet", "delta_rule"), ("gpu", "mamba2", "simple_gla"),
+               pytest.param("gpu", "gated_deltanet", "gated_delta_rule", marks=slow),
+               ("tpu", "deltanet", "delta_rule"), ("tpu", "gated_deltanet", "gated_delta_rule"),
+               ("tpu", "mamba2", "simple_gla")]
+
+
+@pytest.mark.parametrize("backend,design,op", MODEL_CASES)
+def test_model_training_step_lowers_with_the_backend_kernels(backend, design, op, monkeypatch):
+    """A baseline LM's bf16 loss gradient, exported for CUDA (or TPU) from this host under
+    dispatch.lowering_for(backend): ops picks the registered Pallas kernel (head dim 32 zero-padded to 64) and
+    the whole step lowers, kernel included (Mosaic GPU fully; Mosaic TPU up to its serialized kernel)."""
     chosen = []
     log = dispatch.log_path
     monkeypatch.setattr(dispatch, "log_path", lambda o, path, why: (chosen.append((o, path)), log(o, path, why)))
@@ -103,10 +109,12 @@ def test_model_training_step_lowers_for_cuda_with_the_gpu_kernels(design, op, mo
         logits = nnx.merge(graphdef, cast_floating(params, jnp.bfloat16))(tokens)
         return jnp.mean(logits.astype(jnp.float32) ** 2)
 
-    with dispatch.lowering_for("gpu"):
-        text = _lower(jax.grad(loss), params, jnp.zeros((2, 256), jnp.int32))
-    assert (op, "gpu kernel") in chosen, chosen
-    assert "mosaic_gpu" in text
+    platform = {"gpu": "cuda", "tpu": "tpu"}[backend]
+    with dispatch.lowering_for(backend):
+        text = export.export(jax.jit(jax.grad(loss)), platforms=[platform])(
+            params, jnp.zeros((2, 256), jnp.int32)).mlir_module()
+    assert (op, f"{backend} kernel") in chosen, chosen
+    assert ("mosaic_gpu" if backend == "gpu" else "tpu_custom_call") in text
     assert dispatch.target_backend() == dispatch.canonical_backend(jax.default_backend())  # override ended
 
 
