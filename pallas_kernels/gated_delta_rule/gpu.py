@@ -254,26 +254,25 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
         s = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
         dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(
             q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...], ds_next, gm)
-        outs = [(dq, dq_s, dq_ref.at[bhv, rows]), (dk, dk_s, dk_ref.at[bhv, rows]),
-                (dv, dv_s, dv_ref.at[bhv, rows])]
-        for val, buf, dst in outs:
-            buf[...] = val.astype(buf.dtype)
-        vo_s[0] = dbeta
-        if m.gated:
-            vo_s[1] = dg
-        plgpu.commit_smem()
-        for _, buf, dst in outs:
-            plgpu.copy_smem_to_gmem(buf, dst)
-        plgpu.copy_smem_to_gmem(vo_s.at[0], dbeta_ref.at[bhv, rows])
-        if m.gated:
-            plgpu.copy_smem_to_gmem(vo_s.at[1], dg_ref.at[bhv, rows])
-        plgpu.wait_smem_to_gmem(0)
+        store_tiles([(dq, dq_s, dq_ref.at[bhv, rows]), (dk, dk_s, dk_ref.at[bhv, rows]),
+                     (dv, dv_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
+                    + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
         return ds
 
     ds0 = lax.fori_loop(0, num_chunks, step, ds_fin)
     st_s[...] = ds0
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(st_s, ds0_ref.at[bhv])
+    plgpu.wait_smem_to_gmem(0)
+
+
+def store_tiles(outs):
+    """(value, SMEM tile, global destination) triples: registers -> tiles -> TMA out, then wait for the copies."""
+    for val, buf, _ in outs:
+        buf[...] = val.astype(buf.dtype)
+    plgpu.commit_smem()
+    for _, buf, dst in outs:
+        plgpu.copy_smem_to_gmem(buf, dst)
     plgpu.wait_smem_to_gmem(0)
 
 

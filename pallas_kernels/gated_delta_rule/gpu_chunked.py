@@ -47,16 +47,6 @@ def _loader(bar):
     return load
 
 
-def _store(pairs):
-    """Registers -> SMEM tiles -> global memory (waits for the copies: the tiles are refilled afterwards)."""
-    for val, buf, _ in pairs:
-        buf[...] = val.astype(buf.dtype)
-    plgpu.commit_smem()
-    for _, buf, dst in pairs:
-        plgpu.copy_smem_to_gmem(buf, dst)
-    plgpu.wait_smem_to_gmem(0)
-
-
 def _vecs(m, b_s, g_s):
     return plgpu.load(b_s, layout=ROW) if b_s is not None else None, \
         plgpu.load(g_s, layout=ROW) if m.gated else None
@@ -80,7 +70,7 @@ def _wu_kernel(*refs, m, keys, blocks):
     beta, g = _vecs(m, b_s, g_s)
     vs = [buf[...] for buf in v_bufs]  # in registers before the tiles are reused for U'
     w, us = chunk_math.chunk_wu(k_s[...], vs, beta, g, gm)
-    _store([(w, k_s, w_ref.at[bh, rows])]
+    fused.store_tiles([(w, k_s, w_ref.at[bh, rows])]
            + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
 
 
@@ -153,7 +143,7 @@ def _states_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [k_s, w_s, u_s] + ([g_s] if m.gated else []), bar)
     s_fin = _sequential(num_chunks, False, pre, body, s0)
     plgpu.wait_smem_to_gmem(0)
-    _store([(s_fin, st_s, sfin_ref.at[bhv])])
+    fused.store_tiles([(s_fin, st_s, sfin_ref.at[bhv])])
 
 
 def _output_kernel(*refs, m, keys, blocks):
@@ -173,7 +163,7 @@ def _output_kernel(*refs, m, keys, blocks):
     _, g = _vecs(m, None, g_s)
     s = plgpu.load(st_s, layout=WGMMA)
     o = chunk_math.chunk_output(q_s[...], k_s[...], w_s[...], u_s[...], g, s, gm)
-    _store([(o, u_s, o_ref.at[bhv, rows])])
+    fused.store_tiles([(o, u_s, o_ref.at[bhv, rows])])
 
 
 def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
@@ -205,7 +195,7 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [q_s, k_s, w_s, do_s] + ([g_s] if m.gated else []), bar)
     ds0 = _sequential(num_chunks, True, pre, body, ds_fin)
     plgpu.wait_smem_to_gmem(0)
-    _store([(ds0, st_s, ds0_ref.at[bhv])])
+    fused.store_tiles([(ds0, st_s, ds0_ref.at[bhv])])
 
 
 def _grads_kernel(*refs, m, keys, blocks):
@@ -229,20 +219,10 @@ def _grads_kernel(*refs, m, keys, blocks):
     s, ds_next = plgpu.load(st_s, layout=WGMMA), plgpu.load(dst_s, layout=WGMMA)
     dq, dk, dv, dbeta, dg, _ = chunk_math.chunk_backward(q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...],
                                                          ds_next, gm)
-    vo_s[0] = dbeta
-    if m.gated:
-        vo_s[1] = dg
     # dq, dk, dv go out through the q, k, v tiles (their values are in registers by now).
-    outs = [(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]), (dv, v_s, dv_ref.at[bhv, rows])]
-    for val, buf, _ in outs:
-        buf[...] = val.astype(buf.dtype)
-    plgpu.commit_smem()
-    for _, buf, dst in outs:
-        plgpu.copy_smem_to_gmem(buf, dst)
-    plgpu.copy_smem_to_gmem(vo_s.at[0], dbeta_ref.at[bhv, rows])
-    if m.gated:
-        plgpu.copy_smem_to_gmem(vo_s.at[1], dg_ref.at[bhv, rows])
-    plgpu.wait_smem_to_gmem(0)
+    fused.store_tiles([(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]),
+                       (dv, v_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
+                      + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
 
 
 # ------------------------------------------------------------------------------------------------ launch
