@@ -4,7 +4,6 @@ TPU kernels run on CPU under pltpu.InterpretParams (TPU semantics: sequential gr
 across the "arbitrary" chunk axis). Mosaic GPU kernels run under the GPU interpreter where it can execute them
 and for real on a Hopper GPU (marked gpu). Every test draws fresh inputs; the seed is in each failure message.
 """
-import logging
 
 import jax
 import jax.numpy as jnp

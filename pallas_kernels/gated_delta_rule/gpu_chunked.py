@@ -1,6 +1,6 @@
 """Chunk-parallel Mosaic GPU scheme for the (gated) delta rule: only the state recurrence runs in chunk order.
 
-The fused scheme of gpu.py walks the chunks of a head in order and does all of a chunk's work on the way, so
+The fused scheme (gpu_fused.py) walks the chunks of a head in order and does all of a chunk's work on the way, so
 the triangular inverse (about twenty dependent matmuls) sits on the sequential path and a long sequence with
 few heads leaves most SMs idle. Here that work moves into kernels with one CTA per (head, chunk):
 
@@ -16,7 +16,7 @@ few heads leaves most SMs idle. Here that work moves into kernels with one CTA p
 
 W and U' are kept from the forward for the backward (in the input dtype, as flash-linear-attention keeps them),
 with the per-chunk start states (fp32). The math is chunk_math.py's chunk-parallel functions; the wgmma, vec
-and value-block machinery is gpu.py's.
+and value-block machinery is gpu_common.py's.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.common import f32
 from pallas_kernels.gated_delta_rule import chunk_math
-from pallas_kernels.gated_delta_rule import gpu as fused
+from pallas_kernels.gated_delta_rule import gpu_common as gc
+from pallas_kernels.gated_delta_rule import gpu_fused
 
-CHUNK = fused.CHUNK
-ROW = fused.ROW
+CHUNK = gc.CHUNK
+ROW = gc.ROW
 WGMMA = plgpu.Layout.WGMMA
 
 
@@ -63,14 +64,14 @@ def _wu_kernel(*refs, m, keys, blocks):
     v_bufs = [next(it) for _ in range(blocks)]
     bh, n = lax.axis_index("bh"), lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
-    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar)([(k_ref.at[bh, rows], k_s), (beta_ref.at[bh, rows], b_s)]
                  + [(v_ref.at[bh * blocks + j, rows], v_bufs[j]) for j in range(blocks)]
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     beta, g = _vecs(m, b_s, g_s)
     vs = [buf[...] for buf in v_bufs]  # in registers before the tiles are reused for U'
     w, us = chunk_math.chunk_wu(k_s[...], vs, beta, g, gm)
-    fused.store_tiles([(w, k_s, w_ref.at[bh, rows])]
+    gc.store_tiles([(w, k_s, w_ref.at[bh, rows])]
            + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
 
 
@@ -122,8 +123,8 @@ def _states_kernel(*refs, m, keys, blocks, num_chunks):
     s0_ref, states_ref, sfin_ref = next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
     k_s, w_s, u_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(8))
-    bhv, bh = fused._program_ids(blocks)
-    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    bhv, bh = gc.program_ids(blocks)
+    gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar0)([(s0_ref.at[bhv], st_s)])
     s0 = plgpu.load(st_s, layout=WGMMA)
 
@@ -143,7 +144,7 @@ def _states_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [k_s, w_s, u_s] + ([g_s] if m.gated else []), bar)
     s_fin = _sequential(num_chunks, False, pre, body, s0)
     plgpu.wait_smem_to_gmem(0)
-    fused.store_tiles([(s_fin, st_s, sfin_ref.at[bhv])])
+    gc.store_tiles([(s_fin, st_s, sfin_ref.at[bhv])])
 
 
 def _output_kernel(*refs, m, keys, blocks):
@@ -153,17 +154,17 @@ def _output_kernel(*refs, m, keys, blocks):
     states_ref, o_ref = next(it), next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
-    bhv, bh = fused._program_ids(blocks)
+    bhv, bh = gc.program_ids(blocks)
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
-    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s),
                   (uf_ref.at[bhv, rows], u_s), (states_ref.at[bhv, n], st_s)]
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     _, g = _vecs(m, None, g_s)
     s = plgpu.load(st_s, layout=WGMMA)
     o = chunk_math.chunk_output(q_s[...], k_s[...], w_s[...], u_s[...], g, s, gm)
-    fused.store_tiles([(o, u_s, o_ref.at[bhv, rows])])
+    gc.store_tiles([(o, u_s, o_ref.at[bhv, rows])])
 
 
 def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
@@ -173,8 +174,8 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     do_ref, dsf_ref, dstates_ref, ds0_ref = next(it), next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(9))
-    bhv, bh = fused._program_ids(blocks)
-    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    bhv, bh = gc.program_ids(blocks)
+    gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar0)([(dsf_ref.at[bhv], st_s)])
     ds_fin = plgpu.load(st_s, layout=WGMMA)
 
@@ -195,7 +196,7 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [q_s, k_s, w_s, do_s] + ([g_s] if m.gated else []), bar)
     ds0 = _sequential(num_chunks, True, pre, body, ds_fin)
     plgpu.wait_smem_to_gmem(0)
-    fused.store_tiles([(ds0, st_s, ds0_ref.at[bhv])])
+    gc.store_tiles([(ds0, st_s, ds0_ref.at[bhv])])
 
 
 def _grads_kernel(*refs, m, keys, blocks):
@@ -208,10 +209,10 @@ def _grads_kernel(*refs, m, keys, blocks):
     dbeta_ref = next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, bar = (next(it) for _ in range(11))
-    bhv, bh = fused._program_ids(blocks)
+    bhv, bh = gc.program_ids(blocks)
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
-    gm = fused._GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
+    gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
                   (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
                   (dstates_ref.at[bhv, n], dst_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
@@ -220,19 +221,12 @@ def _grads_kernel(*refs, m, keys, blocks):
     dq, dk, dv, dbeta, dg, _ = chunk_math.chunk_backward(q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...],
                                                          ds_next, gm)
     # dq, dk, dv go out through the q, k, v tiles (their values are in registers by now).
-    fused.store_tiles([(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]),
+    gc.store_tiles([(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]),
                        (dv, v_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
                       + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
 
 
 # ------------------------------------------------------------------------------------------------ launch
-def _launch(body, args, out_shape, scratch, *, grid, interpret, name):
-    names = ("bh", "n")[:len(grid)]
-    kw = dict(interpret=interpret) if interpret else dict(compiler_params=plgpu.CompilerParams())
-    return plgpu.kernel(body, out_type=out_shape, scratch_types=scratch, grid=grid, grid_names=names,
-                        kernel_name=name, **kw)(*args)
-
-
 def _mat(r, k):
     return jax.ShapeDtypeStruct((r, k), f32)
 
@@ -243,18 +237,18 @@ def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
     vec = jax.ShapeDtypeStruct((c, 1), f32)
     g = vec if m.gated else None
     if which == "wu":
-        return fused.record_operand_keys(m, lambda k, beta, g, mm: chunk_math.chunk_wu(
+        return gc.record_operand_keys(m, lambda k, beta, g, mm: chunk_math.chunk_wu(
             k, [jnp.zeros((c, bv), f32)] * blocks, beta, g, mm), _mat(c, dk), vec, g)
     if which == "states":
-        return fused.record_operand_keys(m, chunk_math.chunk_state_step, _mat(c, dk), _mat(c, dk), _mat(c, bv),
+        return gc.record_operand_keys(m, chunk_math.chunk_state_step, _mat(c, dk), _mat(c, dk), _mat(c, bv),
                                          g, _mat(dk, bv))
     if which == "output":
-        return fused.record_operand_keys(m, chunk_math.chunk_output, _mat(c, dk), _mat(c, dk), _mat(c, dk),
+        return gc.record_operand_keys(m, chunk_math.chunk_output, _mat(c, dk), _mat(c, dk), _mat(c, dk),
                                          _mat(c, bv), g, _mat(dk, bv))
     if which == "dstates":
-        return fused.record_operand_keys(m, chunk_math.chunk_state_grad, _mat(c, dk), _mat(c, dk), _mat(c, dk),
+        return gc.record_operand_keys(m, chunk_math.chunk_state_grad, _mat(c, dk), _mat(c, dk), _mat(c, dk),
                                          g, _mat(c, bv), _mat(dk, bv))
-    return fused._operand_keys(m, c, dk, bv, backward=True)  # grads: the fused backward's chunk math
+    return gpu_fused.operand_keys(m, c, dk, bv, backward=True)  # grads: the fused backward's chunk math
 
 
 def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
@@ -263,7 +257,7 @@ def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
     tiles = {"wu": c * dk + blocks * c * bv, "states": 2 * (2 * c * dk + c * bv), "output": 3 * c * dk + c * bv,
              "dstates": 2 * (3 * c * dk + c * bv), "grads": 2 * c * dk + 2 * c * bv}[which]  # sequential: 2 slots
     states = {"wu": 0, "states": 1, "output": 1, "dstates": 1, "grads": 2}[which] * dk * bv * 4
-    return fused.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + 6 * c * 4
+    return gc.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + 6 * c * 4
 
 
 KERNELS = ("wu", "states", "output", "dstates", "grads")
@@ -272,13 +266,13 @@ KERNELS = ("wu", "states", "output", "dstates", "grads")
 @functools.lru_cache(maxsize=None)
 def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
     m = chunk_math.ChunkMath(gated=gated, scale=1.0, mm_dtype=jnp.dtype(dtype))
-    blocks = fused.value_blocks(dv)
-    return all(smem_bytes(m, w, dk, dv // blocks, blocks, dtype) <= fused.SMEM_BUDGET for w in KERNELS)
+    blocks = gc.value_blocks(dv)
+    return all(smem_bytes(m, w, dk, dv // blocks, blocks, dtype) <= gc.SMEM_BUDGET for w in KERNELS)
 
 
 def _inputs(q, k, v, g, beta, blocks):
-    hf = fused._heads_first
-    return hf(q), hf(k), fused._values_first(v, blocks), (hf(g) if g is not None else None), hf(beta)
+    hf = gc.heads_first
+    return hf(q), hf(k), gc.values_first(v, blocks), (hf(g) if g is not None else None), hf(beta)
 
 
 def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret):
@@ -288,16 +282,16 @@ def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret):
     keys = _keys(m, "wu", dk, bv, blocks)
     args = [kh, vb, bh_beta] + ([gh] if m.gated else [])
     out = [jax.ShapeDtypeStruct((bh, tp, dk), kh.dtype), jax.ShapeDtypeStruct((rows, tp, bv), vb.dtype)]
-    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
+    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
                                     plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
                              + [plgpu.SMEM((c, bv), vb.dtype)] * blocks)
     body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks)
-    return _launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret, name="delta_rule_wu")
+    return gc.launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret, name="delta_rule_wu")
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     bsz, tp, heads, dk = q.shape
-    blocks = fused.value_blocks(v.shape[-1])
+    blocks = gc.value_blocks(v.shape[-1])
     qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
     rows, _, bv = vb.shape
     c, nc = CHUNK, tp // CHUNK
@@ -305,62 +299,62 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     gl = [gh] if m.gated else []
 
     keys = _keys(m, "states", dk, bv, blocks)
-    scratch = fused._scratch(keys, [plgpu.SMEM((2, c, dk), kh.dtype), plgpu.SMEM((2, c, dk), w.dtype),
+    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), kh.dtype), plgpu.SMEM((2, c, dk), w.dtype),
                                     plgpu.SMEM((2, c, bv), uf.dtype), plgpu.SMEM((2, c), f32),
                                     plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=1),
                                     plgpu.Barrier(num_barriers=2 * (4 if m.gated else 3))])
-    states, s_fin = _launch(
+    states, s_fin = gc.launch(
         functools.partial(_states_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
-        [kh, w, uf] + gl + [fused._state_first(s0, blocks)],
+        [kh, w, uf] + gl + [gc.state_first(s0, blocks)],
         [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
         scratch, grid=(rows,), interpret=interpret, name="delta_rule_states")
 
     keys = _keys(m, "output", dk, bv, blocks)
-    scratch = fused._scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
+    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
                                     plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), uf.dtype),
                                     plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
                                     plgpu.Barrier(num_barriers=6)])
-    (o,) = _launch(functools.partial(_output_kernel, m=m, keys=keys, blocks=blocks),
+    (o,) = gc.launch(functools.partial(_output_kernel, m=m, keys=keys, blocks=blocks),
                    [qh, kh, w, uf] + gl + [states], [jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)],
                    scratch, grid=(rows, nc), interpret=interpret, name="delta_rule_output")
     residual = (states, w) if save_states else None
-    return fused._values_back(o, bsz, heads), fused._state_back(s_fin, bsz, heads), residual
+    return gc.values_back(o, bsz, heads), gc.state_back(s_fin, bsz, heads), residual
 
 
 def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
     states, w = residual
     bsz, tp, heads, dk = q.shape
-    blocks = fused.value_blocks(v.shape[-1])
+    blocks = gc.value_blocks(v.shape[-1])
     qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
     rows, _, bv = vb.shape
     c, nc = CHUNK, tp // CHUNK
     gl = [gh] if m.gated else []
-    dob = fused._values_first(do.astype(v.dtype), blocks)
+    dob = gc.values_first(do.astype(v.dtype), blocks)
 
     keys = _keys(m, "dstates", dk, bv, blocks)
-    scratch = fused._scratch(keys, [plgpu.SMEM((2, c, dk), qh.dtype), plgpu.SMEM((2, c, dk), kh.dtype),
+    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), qh.dtype), plgpu.SMEM((2, c, dk), kh.dtype),
                                     plgpu.SMEM((2, c, dk), w.dtype), plgpu.SMEM((2, c, bv), dob.dtype),
                                     plgpu.SMEM((2, c), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
                                     plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=2 * (5 if m.gated else 4))])
-    dstates, ds0 = _launch(
+    dstates, ds0 = gc.launch(
         functools.partial(_dstates_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
-        [qh, kh, w] + gl + [dob, fused._state_first(ds_final, blocks)],
+        [qh, kh, w] + gl + [dob, gc.state_first(ds_final, blocks)],
         [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
         scratch, grid=(rows,), interpret=interpret, name="delta_rule_dstates")
 
     keys = _keys(m, "grads", dk, bv, blocks)
-    scratch = fused._scratch(keys, [
+    scratch = gc.scratch(keys, [
         plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, bv), vb.dtype),
         plgpu.SMEM((c, bv), dob.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
         plgpu.SMEM((dk, bv), f32), plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=8)])
     out = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
            jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)] \
         + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) + [jax.ShapeDtypeStruct((rows, tp), f32)]
-    outs = iter(_launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
+    outs = iter(gc.launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
                         [qh, kh, vb, bh_beta] + gl + [states, dstates, dob], out, scratch,
                         grid=(rows, nc), interpret=interpret, name="delta_rule_grads"))
-    dq, dk_ = (fused._sum_blocks(next(outs), bsz, heads) for _ in range(2))
-    dv = fused._values_back(next(outs), bsz, heads)
-    dg = fused._sum_blocks(next(outs), bsz, heads) if m.gated else None
-    dbeta = fused._sum_blocks(next(outs), bsz, heads)
-    return dq, dk_, dv, dg, dbeta, fused._state_back(ds0, bsz, heads)
+    dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))
+    dv = gc.values_back(next(outs), bsz, heads)
+    dg = gc.sum_blocks(next(outs), bsz, heads) if m.gated else None
+    dbeta = gc.sum_blocks(next(outs), bsz, heads)
+    return dq, dk_, dv, dg, dbeta, gc.state_back(ds0, bsz, heads)
