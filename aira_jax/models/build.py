@@ -31,12 +31,12 @@ def auto_mlp_hidden(d_model: int) -> int:
   return max(64, 64 * round(8 * d_model / 3 / 64))
 
 
-def _plain(value: Any) -> Any:
+def plain_config(value: Any) -> Any:
   """ConfigDict -> dict, recursively; other values unchanged."""
   if hasattr(value, 'to_dict'):
     return value.to_dict()
   if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: plain_config(v) for k, v in value.items()}
   return value
 
 
@@ -68,7 +68,7 @@ class ModelSpec:
     for f in dataclasses.fields(cls):
       v = get(f.name, None)
       if v is not None:
-        values[f.name] = _plain(v)
+        values[f.name] = plain_config(v)
     spec = cls(**values)
     spec.validate()
     return spec

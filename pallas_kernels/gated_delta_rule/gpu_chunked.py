@@ -231,6 +231,7 @@ def _mat(r, k):
     return jax.ShapeDtypeStruct((r, k), f32)
 
 
+@functools.lru_cache(maxsize=None)  # a dry run of the chunk math: once per configuration
 def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
     """SMEM operand buffers of one kernel's chunk math (a dry run on its shapes)."""
     c = CHUNK

@@ -63,7 +63,7 @@ def record_operand_keys(m: chunk_math.ChunkMath, fn, *structs) -> list:
     keys: set = set()
     rec = _Recorder(m, keys)
     jax.eval_shape(lambda *a: fn(*a, rec), *structs)
-    return sorted(keys)
+    return tuple(sorted(keys))
 
 
 def operand_bytes(keys) -> int:

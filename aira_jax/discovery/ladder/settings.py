@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aira_jax.discovery.records import RecordError, validate_name
+from aira_jax.models.build import plain_config
 
 BUDGET_BASES = ('design', 'baseline')
 PARAM_BASES = ('non_embedding', 'total')
@@ -35,14 +36,6 @@ PARAM_BASES = ('non_embedding', 'total')
 
 class LadderConfigError(ValueError):
   """A ladder config value is invalid; the message names the field."""
-
-
-def _plain(value: Any) -> Any:
-  if hasattr(value, 'to_dict'):
-    return value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
-  return value
 
 
 def _number(value: Any, where: str, *, minimum: float = 0.0, integer: bool = False) -> float | int:
@@ -56,7 +49,7 @@ def _number(value: Any, where: str, *, minimum: float = 0.0, integer: bool = Fal
 
 
 def _overrides(value: Any, where: str, known: Sequence[str] | None) -> dict[str, Any]:
-  value = _plain(value) if value is not None else {}
+  value = plain_config(value) if value is not None else {}
   if not isinstance(value, Mapping):
     raise LadderConfigError(f'{where} must be a mapping of config fields, got {type(value).__name__}')
   if known is not None:
@@ -210,7 +203,7 @@ def ladder_settings_from_config(cfg: Any) -> LadderSettings:
 def _fields_of(value: Any, cls: type, where: str, *, required: str) -> dict[str, Any]:
   """`value` as a plain dict of `cls`'s fields; a non-mapping, an unknown field or a missing `required` one is a
   LadderConfigError naming `where`."""
-  value = _plain(value)
+  value = plain_config(value)
   if not isinstance(value, Mapping):
     raise LadderConfigError(f'{where} must be a mapping, got {type(value).__name__}')
   fields = {f.name for f in dataclasses.fields(cls)}
