@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         f'proxy {s.proxy_sublayers} sublayers, {s.num_patterns} compositions, target {s.target_sublayers} '
         f'sublayers, workers {s.workers}, workdir {workdir}')
     control.install()
+    # A compose run is nearly all training, and train_queue watches control.abandon: SIGTERM or a second Ctrl-C
+    # abandons the training under way (its claim is released, it is retrained on resume) and the search still
+    # writes compose.md from what the store holds. A third Ctrl-C interrupts at once (the report is then
+    # written from the store on the way out).
+    control.in_training = True
     try:
         rep = search.run()
     except KeyboardInterrupt:
+        _write_partial_report(search)
         print('interrupted; rerun the same command to resume', file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001  (the store keeps everything recorded so far)
@@ -107,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f'\n{sum(h.ok for h in rep.history)} compositions trained on the proxy; {rep.wall_s:.0f} s. Report: '
           f'{os.path.join(workdir, "compose.md")}')
     return EXIT_INTERRUPTED if rep.stopped else EXIT_OK
+
+
+def _write_partial_report(search) -> None:
+    """compose.md / compose.json of what the store holds when the run was interrupted mid-stage (best effort)."""
+    import time  # pylint: disable=import-outside-toplevel
+    from aira_jax.discovery.compose import report as report_lib  # pylint: disable=import-outside-toplevel
+    from aira_jax.discovery.compose.search import ComposeReport  # pylint: disable=import-outside-toplevel
+    try:
+        rep = ComposeReport(search.history(), [], [], '', None, 'interrupted', time.monotonic() - search.t0)
+        print(f'partial report: {report_lib.write(search, rep)}', file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (the store keeps everything; the report can be rebuilt by a rerun)
+        print(f'no partial report ({type(e).__name__}: {e}); the store keeps every result', file=sys.stderr)
 
 
 if __name__ == '__main__':

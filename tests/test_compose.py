@@ -300,3 +300,46 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     assert 'nope' in capsys.readouterr().err
     assert cli.main(['aira-compose', f'--config={configs / "compose_tiny.py"}']) == 2
     assert '--workdir is required' in capsys.readouterr().err
+
+
+def test_sigterm_abandons_the_training_and_still_writes_the_report(tmp_path):
+    """What a job scheduler (or the GPU suite's `timeout`) does at the end of a budget: SIGTERM. The training
+    under way is abandoned and released, and compose.md still reports the run, marked as stopped."""
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = pathlib.Path(__file__).resolve().parents[1]
+    t = '--config.engineer.train.'
+    args = [sys.executable, '-m', 'aira_jax.compose', f'--config={root / "configs" / "compose_tiny.py"}',
+            f'--workdir={tmp_path}', '--config.compose.proxy_sublayers=4', '--config.compose.target_sublayers=8',
+            '--config.compose.num_patterns=2', '--config.compose.batch_size=1', '--config.compose.workers=1',
+            '--config.compose.run_ladder=False', f'{t}model.d_model=32', f'{t}model.num_heads=2',
+            f'{t}train.seq_len=32', f'{t}train.global_batch=4', f'{t}train.max_steps=100000',
+            f'{t}train.max_seconds=120']  # trains until stopped
+    proc = subprocess.Popen(args, cwd=root, env={**os.environ, 'PYTHONPATH': str(root), 'JAX_PLATFORMS': 'cpu'},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((tmp_path / 'engineer').glob('exp-*')):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(2.0)  # the training child is running
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert 'abandoning the training step' in out
+    md = (tmp_path / 'compose.md').read_text()
+    assert md.startswith('# Compose search') and 'Stopped: interrupted.' in md
+    assert json.loads((tmp_path / 'compose.json').read_text())['stopped'] == 'interrupted'
+    from aira_jax.discovery.store import ExperimentStore
+    store = ExperimentStore(str(tmp_path / 'store.sqlite'))
+    try:
+        exps = store.experiments()
+        assert len(exps) == 1 and exps[0].status in ('checked', 'training') and exps[0].claimed_by is None
+    finally:
+        store.close()

@@ -6,6 +6,8 @@ shared-memory total against the per-block limit of an H100/H200. It does not com
 anything: the numbers are checked by the interpreter tests and, on the GPU machine, by tests/test_pallas_gpu.py.
 Every case that `applies()` accepts must lower, in both the inference forward and the forward + backward.
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -74,6 +76,9 @@ def test_gpu_kernels_lower_for_cuda(op, dtype, d, scheme):
     for mode, fn in (("forward", forward), ("forward+backward", grad)):
         text = _lower(fn, x, x, x, vec, s0)
         assert "mosaic_gpu" in text, f"{op} {mode}: no Mosaic GPU custom call in the lowered module"
+        # Launch names carry the configuration (profiler traces and bench/ptxas_report.py tell kernels apart).
+        name = rf"\b{op}_[a-z_]+_k{d}_v64_{jnp.dtype(dtype).name}\b"
+        assert re.search(name, text), f"{op} {mode}: no kernel named like {name} in the lowered module"
 
 
 def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():

@@ -287,7 +287,8 @@ def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret):
                                     plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
                              + [plgpu.SMEM((c, bv), vb.dtype)] * blocks)
     body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks)
-    return gc.launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret, name="delta_rule_wu")
+    return gc.launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret,
+                     name=gc.kernel_name(m, "wu", dk, bv, kh.dtype))
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
@@ -308,7 +309,7 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
         functools.partial(_states_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
         [kh, w, uf] + gl + [gc.state_first(s0, blocks)],
         [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
-        scratch, grid=(rows,), interpret=interpret, name="delta_rule_states")
+        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "states", dk, bv, kh.dtype))
 
     keys = _keys(m, "output", dk, bv, blocks)
     scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
@@ -317,7 +318,8 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
                                     plgpu.Barrier(num_barriers=6)])
     (o,) = gc.launch(functools.partial(_output_kernel, m=m, keys=keys, blocks=blocks),
                    [qh, kh, w, uf] + gl + [states], [jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)],
-                   scratch, grid=(rows, nc), interpret=interpret, name="delta_rule_output")
+                     scratch, grid=(rows, nc), interpret=interpret,
+                     name=gc.kernel_name(m, "output", dk, bv, qh.dtype))
     residual = (states, w) if save_states else None
     return gc.values_back(o, bsz, heads), gc.state_back(s_fin, bsz, heads), residual
 
@@ -341,7 +343,7 @@ def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
         functools.partial(_dstates_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
         [qh, kh, w] + gl + [dob, gc.state_first(ds_final, blocks)],
         [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
-        scratch, grid=(rows,), interpret=interpret, name="delta_rule_dstates")
+        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "dstates", dk, bv, qh.dtype))
 
     keys = _keys(m, "grads", dk, bv, blocks)
     scratch = gc.scratch(keys, [
@@ -353,7 +355,8 @@ def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
         + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) + [jax.ShapeDtypeStruct((rows, tp), f32)]
     outs = iter(gc.launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
                         [qh, kh, vb, bh_beta] + gl + [states, dstates, dob], out, scratch,
-                        grid=(rows, nc), interpret=interpret, name="delta_rule_grads"))
+                          grid=(rows, nc), interpret=interpret,
+                          name=gc.kernel_name(m, "grads", dk, bv, qh.dtype)))
     dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))
     dv = gc.values_back(next(outs), bsz, heads)
     dg = gc.sum_blocks(next(outs), bsz, heads) if m.gated else None

@@ -206,6 +206,12 @@ def value_blocks(dv: int) -> int:
     return max(1, dv // VALUE_BLOCK)
 
 
+def kernel_name(m, stage: str, dk: int, bv: int, dtype) -> str:
+    """A launch name that says the configuration (`gated_delta_rule_grads_k128_v64_bfloat16`): profiler traces and
+    ptxas reports (bench/ptxas_report.py) then tell the kernels of one run apart."""
+    return f"{'gated_' if m.gated else ''}delta_rule_{stage}_k{dk}_v{bv}_{jnp.dtype(dtype).name}"
+
+
 def launch(body, args, out_shape, scratch, *, grid, interpret, name):
     """plgpu.kernel over `grid` (axes named "bh" and, for a 2-D grid, "n"); the same under the GPU interpreter."""
     names = ("bh", "n")[:len(grid)]

@@ -149,7 +149,7 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
                               plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)])
     body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, blocks=blocks)
     outs = gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
-                 name="gated_delta_rule_fwd" if m.gated else "delta_rule_fwd")
+                 name=gc.kernel_name(m, "fused_fwd", dk, dv, q.dtype))
     o = gc.values_back(outs[0], bsz, heads)
     return o, gc.state_back(outs[1], bsz, heads), (outs[2] if save_states else None)
 
@@ -174,7 +174,7 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
         plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=7)])
     body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, blocks=blocks)
     outs = iter(gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
-                      name="gated_delta_rule_bwd" if m.gated else "delta_rule_bwd"))
+                      name=gc.kernel_name(m, "fused_bwd", dk, dv, q.dtype)))
     dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))
     dv_ = gc.values_back(next(outs), bsz, heads)
     dg = gc.sum_blocks(next(outs), bsz, heads) if m.gated else None

@@ -130,6 +130,11 @@ def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf
     plgpu.wait_smem_to_gmem(0)
 
 
+def _name(stage: str, dk: int, dtype) -> str:
+    """Launch names that say the configuration, for profiler traces and bench/ptxas_report.py."""
+    return f"simple_gla_{stage}_k{dk}_v{BV}_{jnp.dtype(dtype).name}"
+
+
 def _recurrent_call(qh, kh, vh, b, r, ec, s0, *, scale, chunk, states, interpret):
     bh, tp, dk = kh.shape
     dv = vh.shape[-1]
@@ -145,6 +150,7 @@ def _recurrent_call(qh, kh, vh, b, r, ec, s0, *, scale, chunk, states, interpret
         out_type=(out, jax.ShapeDtypeStruct((bh, dk, dv), f32)),
         scratch_types=scratch, grid=(bh, dv // BV), grid_names=("bh", "vb"),
         compiler_params=plgpu.CompilerParams(), interpret=interpret,
+        kernel_name=_name("states" if states else "fwd", dk, vh.dtype),
     )(qh, kh, vh, b, r, ec, s0)
 
 
@@ -191,7 +197,7 @@ def _ds_call(qh, do, b, ec, dsf, *, scale, chunk, interpret):
         functools.partial(_ds_body, scale=scale, nchunks=n),
         out_type=(jax.ShapeDtypeStruct((bh, n, dk, dv), bf16), jax.ShapeDtypeStruct((bh, dk, dv), f32)),
         scratch_types=scratch, grid=(bh, dv // BV), grid_names=("bh", "vb"),
-        compiler_params=plgpu.CompilerParams(), interpret=interpret,
+        compiler_params=plgpu.CompilerParams(), interpret=interpret, kernel_name=_name("dstates", dk, do.dtype),
     )(qh, do, b, ec, dsf)
 
 
@@ -253,7 +259,7 @@ def _grad_call(qh, kh, vh, do, b, r, h, dh, *, scale, chunk, interpret):
         out_type=(jax.ShapeDtypeStruct(qh.shape, qh.dtype), jax.ShapeDtypeStruct(kh.shape, kh.dtype),
                   jax.ShapeDtypeStruct(vh.shape, vh.dtype), vec, vec, vec),
         scratch_types=scratch, grid=(bh, n), grid_names=("bh", "n"),
-        compiler_params=plgpu.CompilerParams(), interpret=interpret,
+        compiler_params=plgpu.CompilerParams(), interpret=interpret, kernel_name=_name("grads", dk, qh.dtype),
     )(qh, kh, vh, do, b, r, h, dh)
 
 
