@@ -121,7 +121,7 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="explore" if jax.default_backend() == "gpu" else "tiny_cpu",
                   choices=sorted(PRESETS))
@@ -133,40 +133,62 @@ def main():
   ap.add_argument("--fla", action=argparse.BooleanOptionalAction, default=jax.default_backend() == "gpu")
   ap.add_argument("--fla_timeout", type=int, default=300)
   ap.add_argument("--ops_impls", default="auto", help="comma list of aira_jax.ops impls to time: auto,kernel,xla")
+  ap.add_argument("--cases", default=None,
+                  help="comma list of design[:impl] (impl default auto), e.g. deltanet,deltanet:xla,attention; "
+                       "overrides --designs x --ops_impls")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-  a = ap.parse_args()
+  a = ap.parse_args(argv)
   for k, v in PRESETS[a.preset].items():
     if getattr(a, k) is None:
       setattr(a, k, v)
+  try:
+    cases = parse_cases(a.cases) if a.cases else [(d, i) for i in a.ops_impls.split(",") for d in a.designs.split(",")]
+  except ValueError as e:
+    ap.error(str(e))
+  device = jax.devices()[0].device_kind
+  stem = os.path.join(a.out, f"train_throughput_{datetime.date.today()}_{a.preset}_{device.replace(' ', '_')}")
   rows = []
-  for impl in a.ops_impls.split(","):
+  for design, impl in cases:
     suffix = "" if impl == "auto" else f"_{impl}"
-    for design in a.designs.split(","):
-      for batch in [int(b) for b in a.batches.split(",")]:
-        try:
-          dispatch._logged.clear()  # dispatch logs each choice once; clearing makes this case's choices visible
-          with ops.use_impl(impl):  # dispatch happens at trace time, inside this context
-            rows.append(jax_case(design, a, batch))
-          rows[-1]["system"] += suffix
-          # Which path each op took (e.g. whether the Pallas kernel applied at this head dim).
-          rows[-1]["op_paths"] = sorted(f"{op}:{path}" for op, path, _ in dispatch._logged)
-        except Exception as e:  # e.g. out of memory at a large batch: a row, not a crash
-          rows.append({"system": f"aira_jax_{design}{suffix}", "batch": batch,
-                       "error": f"{type(e).__name__}: {e}"[:300]})
-        print(json.dumps(rows[-1]), flush=True)
+    for batch in [int(b) for b in a.batches.split(",")]:
+      try:
+        dispatch._logged.clear()  # dispatch logs each choice once; clearing makes this case's choices visible
+        with ops.use_impl(impl):  # dispatch happens at trace time, inside this context
+          rows.append(jax_case(design, a, batch))
+        rows[-1]["system"] += suffix
+        # Which path each op took (e.g. whether the Pallas kernel applied at this head dim).
+        rows[-1]["op_paths"] = sorted(f"{op}:{path}" for op, path, _ in dispatch._logged)
+      except Exception as e:  # e.g. out of memory at a large batch: a row, not a crash
+        rows.append({"system": f"aira_jax_{design}{suffix}", "batch": batch,
+                     "error": f"{type(e).__name__}: {e}"[:300]})
+      print(json.dumps(rows[-1]), flush=True)
+      save(stem, a, rows, device)  # after every row: a run stopped by a time limit keeps what it measured
   if a.fla:
     rows.extend(fla_cases(a))
-  device = jax.devices()[0].device_kind
+  print(save(stem, a, rows, device))
+
+
+def parse_cases(text: str) -> list[tuple[str, str]]:
+  out = []
+  for item in text.split(","):
+    design, _, impl = item.strip().partition(":")
+    impl = impl or "auto"
+    if not design or impl not in ("auto", "kernel", "xla"):
+      raise ValueError(f"--cases wants design[:auto|kernel|xla] items, got {item!r}")
+    out.append((design, impl))
+  return out
+
+
+def save(stem: str, a, rows: list[dict], device: str) -> str:
   text = (f"# Training throughput, {a.preset}: d_model {a.d_model}, {a.num_layers} layers, {a.num_heads} heads, "
           f"vocab {a.vocab}, T={a.seq}, {a.dtype}; device {device}; jax {jax.__version__}; "
           f"{datetime.date.today()}\n\n{table(rows)}\n")
-  print(text)
-  os.makedirs(a.out, exist_ok=True)
-  stem = os.path.join(a.out, f"train_throughput_{datetime.date.today()}_{a.preset}_{device.replace(' ', '_')}")
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
   with open(stem + ".md", "w") as f:
     f.write(text)
   with open(stem + ".json", "w") as f:
     json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+  return text
 
 
 if __name__ == "__main__":
