@@ -301,7 +301,7 @@ def test_chunk_parallel_split_matches_the_fused_chunk_math(gated):
     o_ref, s_ref = cm.chunk_forward(q, k, v, beta, g, s, m)
     *_, ds_ref = cm.chunk_backward(q, k, v, beta, g, s, do, ds_next, m)
 
-    w, (u1, u2) = cm.chunk_wu(k, [v[:, :16], v[:, 16:]], beta, g, m)  # two value blocks of 16 and 32 columns
+    w, (u1, u2), t = cm.chunk_wu(k, [v[:, :16], v[:, 16:]], beta, g, m)  # two value blocks of 16 and 32 columns
     u_free = jnp.concatenate([u1, u2], axis=1)
     where = f"seed={seed} gated={gated}"
     assert rel_rms(cm.chunk_state_step(k, w, u_free, g, s, m), s_ref) < 1e-5, where
@@ -310,3 +310,36 @@ def test_chunk_parallel_split_matches_the_fused_chunk_math(gated):
     # Column blocks of the state are independent: a block's end state needs only its own columns.
     blk = cm.chunk_state_step(k, w, u2, g, s[:, 16:], m)
     assert rel_rms(blk, s_ref[:, 16:]) < 1e-5, where
+    # The backward from the forward's T equals the one that recomputes the inverse.
+    full = cm.chunk_backward(q, k, v, beta, g, s, do, ds_next, m)
+    kept = cm.chunk_backward(q, k, v, beta, g, s, do, ds_next, m, t=t)
+    for name, x, y in zip(("dq", "dk", "dv", "dbeta", "dg", "ds"), kept, full):
+        if y is not None:
+            assert rel_rms(x, y) < 1e-6, f"{where} {name}"
+
+
+def test_backward_given_the_forwards_inverse_does_not_invert_again():
+    """The GPU backward kernels pass the forward's T = (I + A)^-1 to chunk_backward: the 19 dependent fp32
+    matmuls of the triangular inverse then leave the backward (and nothing else does)."""
+    from pallas_kernels.gated_delta_rule import chunk_math as cm
+
+    class Counting(cm.ChunkMath):
+        def dot(self, a, b, *, ta=False, tb=False, dtype=jnp.float32):
+            object.__setattr__(self, "n", getattr(self, "n", 0) + 1)
+            return super().dot(a, b, ta=ta, tb=tb, dtype=dtype)
+
+    c, dk, dv = 64, 16, 16
+    q = k = jnp.ones((c, dk)) * 0.1
+    v, do = jnp.ones((c, dv)), jnp.ones((c, dv))
+    beta, g = jnp.full((c, 1), 0.5), jnp.full((c, 1), -0.1)
+    s = ds_next = jnp.zeros((dk, dv))
+    counts = {}
+    for kept in (False, True):
+        m = Counting(gated=True, scale=0.25)
+        t = cm.chunk_wu(k, [v], beta, g, cm.ChunkMath(gated=True, scale=0.25))[2] if kept else None
+        cm.chunk_backward(q, k, v, beta, g, s, do, ds_next, m, t=t)
+        counts[kept] = m.n
+    inverse = Counting(gated=True, scale=0.25)
+    cm.unit_lower_inverse(jnp.zeros((c, c)), inverse)
+    assert inverse.n == 19
+    assert counts[False] - counts[True] == inverse.n, counts

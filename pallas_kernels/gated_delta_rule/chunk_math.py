@@ -155,8 +155,9 @@ def decay_terms(g, c: int, m: ChunkMath):
     return gcum, g_tot, gam, jnp.exp(gcum), jnp.exp(g_tot - gcum), jnp.exp(g_tot)
 
 
-def _prep(q, k, v, beta, g, m: ChunkMath) -> _Prep:
-    """The state-independent quantities; q None skips P, v None skips U' (for the chunk-parallel kernels)."""
+def _prep(q, k, v, beta, g, m: ChunkMath, t=None) -> _Prep:
+    """The state-independent quantities; q None skips P, v None skips U' (for the chunk-parallel kernels); t: the
+    chunk's (I + A)^-1 when the forward kept it (the inverse is then not recomputed)."""
     c, dk = k.shape
     row, col = m.iota(c)
     strict, incl = row > col, row >= col
@@ -176,16 +177,17 @@ def _prep(q, k, v, beta, g, m: ChunkMath) -> _Prep:
         if qk is not None:
             p = jnp.where(incl, qk, 0.0)
         kb = k.astype(f32) * m.ecol(beta, dk)
-    t = unit_lower_inverse(a, m)
+    t = unit_lower_inverse(a, m) if t is None else t.astype(f32)
     vb = None if v is None else v.astype(f32) * m.ecol(beta, v.shape[1])
     return _Prep(beta=beta, gamma=gamma, decay_out=decay_out, gamma_c=gamma_c, gam=gam, kk=kk, a=a, t=t,
                  kb=kb, vb=vb, w=m.mm(t, kb), u_free=None if v is None else m.mm(t, vb), p=p)
 
 
-def chunk_forward(q, k, v, beta, g, s, m: ChunkMath):
+def chunk_forward(q, k, v, beta, g, s, m: ChunkMath, with_t: bool = False):
     """One chunk from state s [Dk, Dv] fp32; beta, g are vecs (g None when not gated).
 
-    Returns (o [C, Dv] fp32, the state at the chunk's end [Dk, Dv] fp32).
+    Returns (o [C, Dv] fp32, the state at the chunk's end [Dk, Dv] fp32), and with_t the chunk's (I + A)^-1
+    [C, C] fp32 as a third element (for a backward that then skips the inverse).
     """
     dk = k.shape[1]
     pr = _prep(q, k, v, beta, g, m)
@@ -197,11 +199,13 @@ def chunk_forward(q, k, v, beta, g, s, m: ChunkMath):
     else:
         qs, kd, s_dec = q.astype(f32) * m.scale, k, s
     o = m.mm(qs, s) + m.mm(pr.p, u)
-    return o, s_dec + m.mm(kd, u, ta=True)
+    s_new = s_dec + m.mm(kd, u, ta=True)
+    return (o, s_new, pr.t) if with_t else (o, s_new)
 
 
-def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath):
-    """Adjoint of chunk_forward given the chunk's start state s, dO [C, Dv] and dL/d(end state) [Dk, Dv].
+def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath, t=None):
+    """Adjoint of chunk_forward given the chunk's start state s, dO [C, Dv] and dL/d(end state) [Dk, Dv]; t: the
+    chunk's (I + A)^-1 if the forward kept it (chunk_wu returns it), else it is recomputed.
 
     Returns (dq [C,Dk], dk [C,Dk], dv [C,Dv], dbeta vec, dg vec or None, dL/ds [Dk,Dv]), all fp32.
     """
@@ -209,7 +213,7 @@ def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath):
     dv_dim = v.shape[1]
     row, col = m.iota(c)
     strict, incl = row > col, row >= col
-    pr = _prep(q, k, v, beta, g, m)
+    pr = _prep(q, k, v, beta, g, m, t)
     qf, kf, vf = q.astype(f32), k.astype(f32), v.astype(f32)
     do = do.astype(f32)
     u = pr.u_free - m.mm(pr.w, s)
@@ -268,12 +272,13 @@ def chunk_backward(q, k, v, beta, g, s, do, ds_next, m: ChunkMath):
 # The same forward and backward split so that only the state recurrence is sequential (the GPU's chunk-parallel
 # scheme): W and U' of every chunk in parallel, then S_{n+1} = gamma_C S_n + Kd^T (U' - W S_n) in order, then
 # every chunk's output from its start state in parallel; backward: dS in reverse order, then chunk_backward of
-# every chunk in parallel from (S_n, dS_{n+1}).
+# every chunk in parallel from (S_n, dS_{n+1}) and the forward's T (no second inverse).
 
 def chunk_wu(k, vs, beta, g, m: ChunkMath):
-    """W [C, Dk] and U' = T (beta V) for each value block in `vs` (a list of [C, Dv_j]), all fp32."""
+    """W [C, Dk], U' = T (beta V) for each value block in `vs` (a list of [C, Dv_j]) and T = (I + A)^-1 [C, C]
+    (kept for the backward, which then skips the inverse), all fp32."""
     pr = _prep(None, k, None, beta, g, m)
-    return pr.w, [m.mm(pr.t, v.astype(f32) * m.ecol(pr.beta, v.shape[1])) for v in vs]
+    return pr.w, [m.mm(pr.t, v.astype(f32) * m.ecol(pr.beta, v.shape[1])) for v in vs], pr.t
 
 
 def _out_decay(k, g, s, m: ChunkMath):

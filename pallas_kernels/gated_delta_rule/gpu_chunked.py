@@ -4,18 +4,21 @@ The fused scheme (gpu_fused.py) walks the chunks of a head in order and does all
 the triangular inverse (about twenty dependent matmuls) sits on the sequential path and a long sequence with
 few heads leaves most SMs idle. Here that work moves into kernels with one CTA per (head, chunk):
 
-  forward   wu      grid (B*H, N)         W and U' of every chunk (the inverse), per value block for U'
+  forward   wu      grid (B*H, N)         W, U' (per value block) and T = (I + A)^-1 of every chunk
             states  grid (B*H*blocks,)    S_{n+1} = gamma_C S_n + Kd^T (U' - W S_n): two wgmmas a chunk, in
                                           order (the next chunk's tiles load meanwhile); writes the state
                                           entering every chunk
             output  grid (B*H*blocks, N)  o = (scale gamma Q) S_n + P (U' - W S_n), every chunk at once
   backward  dstates grid (B*H*blocks,)    dS in reverse order: dU = Kd dS' + P^T dO, dS = gamma_C dS'
                                           + Qs^T dO - W^T dU (no inverse); writes dS leaving every chunk
-            grads   grid (B*H*blocks, N)  chunk_backward of every chunk from (S_n, dS_{n+1}) at once: partial
+            grads   grid (B*H*blocks, N)  chunk_backward of every chunk from (S_n, dS_{n+1}, T) at once: partial
                                           dq, dk, dbeta, dg per value block (summed outside), dv
 
-W and U' are kept from the forward for the backward (in the input dtype, as flash-linear-attention keeps them),
-with the per-chunk start states (fp32). The math is chunk_math.py's chunk-parallel functions; the wgmma, vec
+W (in the input dtype) and T (fp32, [C, C] per chunk: the size of one more [C, 64] bf16 tensor) are kept from the
+forward for the backward with the per-chunk start states (fp32), so the backward never inverts again: the
+inverse is the longest dependent chain of a chunk's math (about a dozen fp32 matmuls), and at Dv = 128 the grads
+kernel would otherwise redo it in each of the two value-block CTAs. (flash-linear-attention keeps its inverse
+for the backward too.) The math is chunk_math.py's chunk-parallel functions; the wgmma, vec
 and value-block machinery is gpu_common.py's.
 """
 from __future__ import annotations
@@ -31,7 +34,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.common import f32
 from pallas_kernels.gated_delta_rule import chunk_math
 from pallas_kernels.gated_delta_rule import gpu_common as gc
-from pallas_kernels.gated_delta_rule import gpu_fused
 
 CHUNK = gc.CHUNK
 ROW = gc.ROW
@@ -54,14 +56,16 @@ def _vecs(m, b_s, g_s):
 
 
 # ------------------------------------------------------------------------------------------------ kernels
-def _wu_kernel(*refs, m, keys, blocks):
+def _wu_kernel(*refs, m, keys, blocks, keep_t):
     it = iter(refs)
     k_ref, v_ref, beta_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
     w_ref, uf_ref = next(it), next(it)
+    t_ref = next(it) if keep_t else None
     bufs = {key: next(it) for key in keys}
     k_s, b_s, g_s, vec_s, bar = (next(it) for _ in range(5))
     v_bufs = [next(it) for _ in range(blocks)]
+    t_s = next(it) if keep_t else None
     bh, n = lax.axis_index("bh"), lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
@@ -70,9 +74,9 @@ def _wu_kernel(*refs, m, keys, blocks):
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     beta, g = _vecs(m, b_s, g_s)
     vs = [buf[...] for buf in v_bufs]  # in registers before the tiles are reused for U'
-    w, us = chunk_math.chunk_wu(k_s[...], vs, beta, g, gm)
-    gc.store_tiles([(w, k_s, w_ref.at[bh, rows])]
-           + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
+    w, us, t = chunk_math.chunk_wu(k_s[...], vs, beta, g, gm)
+    gc.store_tiles([(w, k_s, w_ref.at[bh, rows])] + ([(t, t_s, t_ref.at[bh, rows])] if keep_t else [])
+                   + [(u, v_bufs[j], uf_ref.at[bh * blocks + j, rows]) for j, u in enumerate(us)])
 
 
 class _Prefetch:
@@ -203,23 +207,24 @@ def _grads_kernel(*refs, m, keys, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref, beta_ref = next(it), next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
-    states_ref, dstates_ref, do_ref = next(it), next(it), next(it)
+    states_ref, dstates_ref, do_ref, t_ref = next(it), next(it), next(it), next(it)
     dq_ref, dk_ref, dv_ref = next(it), next(it), next(it)
     dg_ref = next(it) if m.gated else None
     dbeta_ref = next(it)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, bar = (next(it) for _ in range(11))
+    q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(12))
     bhv, bh = gc.program_ids(blocks)
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
                   (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
-                  (dstates_ref.at[bhv, n], dst_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
+                  (dstates_ref.at[bhv, n], dst_s), (t_ref.at[bh, rows], t_s)]
+                 + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     beta, g = _vecs(m, b_s, g_s)
     s, ds_next = plgpu.load(st_s, layout=WGMMA), plgpu.load(dst_s, layout=WGMMA)
     dq, dk, dv, dbeta, dg, _ = chunk_math.chunk_backward(q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...],
-                                                         ds_next, gm)
+                                                         ds_next, gm, t=plgpu.load(t_s, layout=WGMMA))
     # dq, dk, dv go out through the q, k, v tiles (their values are in registers by now).
     gc.store_tiles([(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]),
                        (dv, v_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
@@ -240,6 +245,11 @@ def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
     if which == "wu":
         return gc.record_operand_keys(m, lambda k, beta, g, mm: chunk_math.chunk_wu(
             k, [jnp.zeros((c, bv), f32)] * blocks, beta, g, mm), _mat(c, dk), vec, g)
+    if which == "grads":  # chunk_backward given the forward's T
+        return gc.record_operand_keys(
+            m, lambda q, k, v, beta, g, s, do, dsn, t, mm: chunk_math.chunk_backward(q, k, v, beta, g, s, do, dsn,
+                                                                                    mm, t=t),
+            _mat(c, dk), _mat(c, dk), _mat(c, bv), vec, g, _mat(dk, bv), _mat(c, bv), _mat(dk, bv), _mat(c, c))
     if which == "states":
         return gc.record_operand_keys(m, chunk_math.chunk_state_step, _mat(c, dk), _mat(c, dk), _mat(c, bv),
                                          g, _mat(dk, bv))
@@ -249,7 +259,7 @@ def _keys(m, which: str, dk: int, bv: int, blocks: int) -> list:
     if which == "dstates":
         return gc.record_operand_keys(m, chunk_math.chunk_state_grad, _mat(c, dk), _mat(c, dk), _mat(c, dk),
                                          g, _mat(c, bv), _mat(dk, bv))
-    return gpu_fused.operand_keys(m, c, dk, bv, backward=True)  # grads: the fused backward's chunk math
+    raise ValueError(f"unknown chunked-scheme kernel {which!r}")
 
 
 def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
@@ -258,7 +268,8 @@ def smem_bytes(m, which: str, dk: int, bv: int, blocks: int, in_dtype) -> int:
     tiles = {"wu": c * dk + blocks * c * bv, "states": 2 * (2 * c * dk + c * bv), "output": 3 * c * dk + c * bv,
              "dstates": 2 * (3 * c * dk + c * bv), "grads": 2 * c * dk + 2 * c * bv}[which]  # sequential: 2 slots
     states = {"wu": 0, "states": 1, "output": 1, "dstates": 1, "grads": 2}[which] * dk * bv * 4
-    return gc.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + 6 * c * 4
+    inverse = c * c * 4 if which in ("wu", "grads") else 0  # T's fp32 tile (out of wu, into grads)
+    return gc.operand_bytes(_keys(m, which, dk, bv, blocks)) + tiles * isz + states + inverse + 6 * c * 4
 
 
 KERNELS = ("wu", "states", "output", "dstates", "grads")
@@ -276,17 +287,20 @@ def _inputs(q, k, v, g, beta, blocks):
     return hf(q), hf(k), gc.values_first(v, blocks), (hf(g) if g is not None else None), hf(beta)
 
 
-def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret):
+def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret, keep_t):
+    """W, U' and (keep_t: for a backward) T of every chunk."""
     bh, tp, dk = kh.shape
     rows, _, bv = vb.shape
     c = CHUNK
     keys = _keys(m, "wu", dk, bv, blocks)
     args = [kh, vb, bh_beta] + ([gh] if m.gated else [])
-    out = [jax.ShapeDtypeStruct((bh, tp, dk), kh.dtype), jax.ShapeDtypeStruct((rows, tp, bv), vb.dtype)]
+    out = [jax.ShapeDtypeStruct((bh, tp, dk), kh.dtype), jax.ShapeDtypeStruct((rows, tp, bv), vb.dtype)] \
+        + ([jax.ShapeDtypeStruct((bh, tp, c), f32)] if keep_t else [])
     scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
                                     plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
-                             + [plgpu.SMEM((c, bv), vb.dtype)] * blocks)
-    body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks)
+                             + [plgpu.SMEM((c, bv), vb.dtype)] * blocks
+                             + ([plgpu.SMEM((c, c), f32)] if keep_t else []))
+    body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks, keep_t=keep_t)
     return gc.launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret,
                      name=gc.kernel_name(m, "wu", dk, bv, kh.dtype))
 
@@ -297,7 +311,7 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
     rows, _, bv = vb.shape
     c, nc = CHUNK, tp // CHUNK
-    w, uf = _wu(kh, vb, bh_beta, gh, m=m, blocks=blocks, interpret=interpret)
+    w, uf, *t = _wu(kh, vb, bh_beta, gh, m=m, blocks=blocks, interpret=interpret, keep_t=save_states)
     gl = [gh] if m.gated else []
 
     keys = _keys(m, "states", dk, bv, blocks)
@@ -320,12 +334,12 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
                    [qh, kh, w, uf] + gl + [states], [jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)],
                      scratch, grid=(rows, nc), interpret=interpret,
                      name=gc.kernel_name(m, "output", dk, bv, qh.dtype))
-    residual = (states, w) if save_states else None
+    residual = (states, w, t[0]) if save_states else None
     return gc.values_back(o, bsz, heads), gc.state_back(s_fin, bsz, heads), residual
 
 
 def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
-    states, w = residual
+    states, w, t = residual
     bsz, tp, heads, dk = q.shape
     blocks = gc.value_blocks(v.shape[-1])
     qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
@@ -349,12 +363,13 @@ def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
     scratch = gc.scratch(keys, [
         plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, bv), vb.dtype),
         plgpu.SMEM((c, bv), dob.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
-        plgpu.SMEM((dk, bv), f32), plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=8)])
+        plgpu.SMEM((dk, bv), f32), plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32),
+        plgpu.Barrier(num_barriers=9)])
     out = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
            jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)] \
         + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) + [jax.ShapeDtypeStruct((rows, tp), f32)]
     outs = iter(gc.launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
-                        [qh, kh, vb, bh_beta] + gl + [states, dstates, dob], out, scratch,
+                        [qh, kh, vb, bh_beta] + gl + [states, dstates, dob, t], out, scratch,
                           grid=(rows, nc), interpret=interpret,
                           name=gc.kernel_name(m, "grads", dk, bv, qh.dtype)))
     dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))

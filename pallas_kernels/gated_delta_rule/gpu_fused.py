@@ -3,9 +3,10 @@
 One CTA (one warpgroup) loops over the chunks in order with the fp32 state [Dk, Dv/blocks] carried in registers
 through a fori_loop; the backward loops in reverse carrying dL/dS. Each chunk's q, k, v (, do) and the per-step
 g, beta arrive in SMEM by TMA (one barrier per operand); outputs leave through the input staging tiles by TMA.
-A chunk's whole math (chunk_math.chunk_forward / chunk_backward, the triangular inverse included) sits on the
-sequential path: few launches, but a long dependent chain per chunk and one CTA per head and value block. The
-forward under differentiation also writes the state at the start of every chunk (see vjp.py).
+A chunk's whole math (chunk_math.chunk_forward / chunk_backward) sits on the sequential path: few launches, but
+a long dependent chain per chunk and one CTA per head and value block. The forward under differentiation also
+writes the state at the start of every chunk (see vjp.py) and the chunk's (I + A)^-1 (fp32 [C, C]), so the
+backward's chain has no triangular inverse in it.
 Selected with scheme="fused" (gpu.py); gpu_chunked.py is the default.
 """
 from __future__ import annotations
@@ -28,8 +29,10 @@ def operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: bo
     mat = lambda r, k: jax.ShapeDtypeStruct((r, k), f32)  # noqa: E731
     vec = jax.ShapeDtypeStruct((c, 1), f32)
     args = [mat(c, dk), mat(c, dk), mat(c, dv), vec, vec if m.gated else None, mat(dk, dv)]
-    if backward:
-        return gc.record_operand_keys(m, chunk_math.chunk_backward, *args, mat(c, dv), mat(dk, dv))
+    if backward:  # given the forward's T
+        return gc.record_operand_keys(
+            m, lambda *a: chunk_math.chunk_backward(*a[:-2], a[-1], t=a[-2]), *args, mat(c, dv), mat(dk, dv),
+            mat(c, c))
     return gc.record_operand_keys(m, chunk_math.chunk_forward, *args)
 
 
@@ -37,7 +40,7 @@ def smem_bytes(keys, c, dk, dv, in_dtype, backward: bool) -> int:
     """Operand buffers plus the staging tiles _forward / _backward allocate: q, k, v (+ do); outputs reuse them."""
     operand = gc.operand_bytes(keys)
     tiles = 2 * c * dk + (2 if backward else 1) * c * dv
-    return operand + tiles * jnp.dtype(in_dtype).itemsize + dk * dv * 4 + 5 * c * 4
+    return operand + tiles * jnp.dtype(in_dtype).itemsize + dk * dv * 4 + c * c * 4 + 5 * c * 4  # + T's tile
 
 
 def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
@@ -46,9 +49,9 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
     g_ref = next(it) if m.gated else None
     beta_ref, s0_ref = next(it), next(it)
     o_ref, sfin_ref = next(it), next(it)
-    states_ref = next(it) if save_states else None
+    states_ref, t_ref = (next(it), next(it)) if save_states else (None, None)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, g_s, b_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    q_s, k_s, v_s, g_s, b_s, st_s, vec_s, t_s, bar = (next(it) for _ in range(9))
     o_s = v_s  # v is in registers once the chunk math has started: its tile stages the output
     bhv, bh = gc.program_ids(blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
@@ -72,11 +75,15 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
             plgpu.copy_smem_to_gmem(st_s, states_ref.at[bhv, n])
         beta = plgpu.load(b_s, layout=ROW)
         g = plgpu.load(g_s, layout=ROW) if m.gated else None
-        o, s_new = chunk_math.chunk_forward(q_s[...], k_s[...], v_s[...], beta, g, s, gm)
+        o, s_new, t = chunk_math.chunk_forward(q_s[...], k_s[...], v_s[...], beta, g, s, gm, with_t=True)
         o_s[...] = o.astype(o_s.dtype)
+        if save_states:
+            t_s[...] = t
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(o_s, o_ref.at[bhv, rows])
-        plgpu.wait_smem_to_gmem(0)  # v_s (o) / st_s are refilled next step
+        if save_states:
+            plgpu.copy_smem_to_gmem(t_s, t_ref.at[bhv, rows])
+        plgpu.wait_smem_to_gmem(0)  # v_s (o) / st_s / t_s are refilled next step
         return s_new
 
     s_fin = lax.fori_loop(0, num_chunks, step, s0)
@@ -90,12 +97,12 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
-    beta_ref, states_ref, do_ref, dsfin_ref = next(it), next(it), next(it), next(it)
+    beta_ref, states_ref, t_ref, do_ref, dsfin_ref = next(it), next(it), next(it), next(it), next(it)
     dq_ref, dk_ref, dv_ref = next(it), next(it), next(it)
     dg_ref = next(it) if m.gated else None
     dbeta_ref, ds0_ref = next(it), next(it)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, do_s, g_s, b_s, st_s, vo_s, vec_s, bar = (next(it) for _ in range(10))
+    q_s, k_s, v_s, do_s, g_s, b_s, st_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(11))
     dq_s, dk_s, dv_s = q_s, k_s, v_s  # the inputs are in registers once the chunk math runs: reuse their tiles
     bhv, bh = gc.program_ids(blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
@@ -109,7 +116,8 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
         n = num_chunks - 1 - i
         rows = pl.ds(n * c, c)
         loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
-                 (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s)]
+                 (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
+                 (t_ref.at[bhv, rows], t_s)]
         if m.gated:
             loads.append((g_ref.at[bh, rows], g_s))
         for j, (src, dst) in enumerate(loads):
@@ -118,9 +126,9 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
             plgpu.barrier_wait(bar.at[j])
         beta = plgpu.load(b_s, layout=ROW)
         g = plgpu.load(g_s, layout=ROW) if m.gated else None
-        s = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
+        s, t = plgpu.load(st_s, layout=plgpu.Layout.WGMMA), plgpu.load(t_s, layout=plgpu.Layout.WGMMA)
         dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(
-            q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...], ds_next, gm)
+            q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...], ds_next, gm, t=t)
         gc.store_tiles([(dq, dq_s, dq_ref.at[bhv, rows]), (dk, dk_s, dk_ref.at[bhv, rows]),
                      (dv, dv_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
                     + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
@@ -142,19 +150,20 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     per_head = [gc.heads_first(q), gc.heads_first(k)] + ([gc.heads_first(g)] if m.gated else []) + [gc.heads_first(beta)]
     args = per_head[:2] + [gc.values_first(v, blocks)] + per_head[2:] + [gc.state_first(s0, blocks)]
     out_shape = [jax.ShapeDtypeStruct((rows, tp, dv), v.dtype), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
-    if save_states:
-        out_shape.append(jax.ShapeDtypeStruct((rows, nc, dk, dv), f32))
+    if save_states:  # the state entering every chunk, and every chunk's T (one row per value block)
+        out_shape += [jax.ShapeDtypeStruct((rows, nc, dk, dv), f32), jax.ShapeDtypeStruct((rows, tp, c), f32)]
     scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
                               plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
-                              plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)])
+                              plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32), plgpu.Barrier(num_barriers=5)])
     body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, blocks=blocks)
     outs = gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
                  name=gc.kernel_name(m, "fused_fwd", dk, dv, q.dtype))
     o = gc.values_back(outs[0], bsz, heads)
-    return o, gc.state_back(outs[1], bsz, heads), (outs[2] if save_states else None)
+    return o, gc.state_back(outs[1], bsz, heads), ((outs[2], outs[3]) if save_states else None)
 
 
-def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
+def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
+    states, t = residual
     bsz, tp, heads, dk = q.shape
     blocks = gc.value_blocks(v.shape[-1])
     dv = v.shape[-1] // blocks
@@ -162,7 +171,7 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
     keys = operand_keys(m, c, dk, dv, backward=True)
     per_head = [gc.heads_first(q), gc.heads_first(k)] + ([gc.heads_first(g)] if m.gated else []) + [gc.heads_first(beta)]
     args = per_head[:2] + [gc.values_first(v, blocks)] + per_head[2:] \
-        + [states, gc.values_first(do.astype(v.dtype), blocks), gc.state_first(ds_final, blocks)]
+        + [states, t, gc.values_first(do.astype(v.dtype), blocks), gc.state_first(ds_final, blocks)]
     # With value blocks, dq, dk, dg, dbeta are per-block partials (summed below in fp32).
     out_shape = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
                  jax.ShapeDtypeStruct((rows, tp, dv), v.dtype)] \
@@ -171,7 +180,7 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
     scratch = gc.scratch(keys, [
         plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
         plgpu.SMEM((c, dv), v.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
-        plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=7)])
+        plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32), plgpu.Barrier(num_barriers=8)])
     body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, blocks=blocks)
     outs = iter(gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
                       name=gc.kernel_name(m, "fused_bwd", dk, dv, q.dtype)))
