@@ -36,6 +36,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+# The harness tasks' data for the overhead step's evaluation (the training child reads AIRA_HARNESS_DATA; the
+# default <repo>/../shared/data/harness is not on the device).
+[ -d .shared/harness ] && export AIRA_HARNESS_DATA=$PWD/.shared/harness
 # lm-eval's closure goes to a folder of its own (/tmp/site_lm, kept while the machine stays warm), on the path of
 # the harness step only: its huggingface_hub and fsspec must not shadow the machine's for torch/transformers.
 for d in .whl_lm1 .whl_lm2; do

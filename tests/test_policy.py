@@ -208,3 +208,19 @@ def test_child_environment_holds_no_secrets(monkeypatch):
                           GateSettings(static_check=False, stop_after='load', timeout_s=120))
   assert verdict.gate == 'load' and 'secret=None' in verdict.reason
   assert 'hunter2' not in verdict.reason and 'aira_check_' in verdict.reason
+
+
+def test_children_inherit_the_callers_python_path(monkeypatch, tmp_path):
+  """Packages that reach the caller through PYTHONPATH (pip --target, a side folder of wheels, a cluster's
+  modules) reach the gate and training children too, after the project root."""
+  import os
+  from aira_jax.discovery import sandbox, training_run
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  extra = tmp_path / 'site'
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(extra), root, '', str(extra)]))
+  for env in (sandbox.child_env(str(tmp_path), GateSettings()), training_run.child_env(str(tmp_path), 'cpu')):
+    assert env['PYTHONPATH'].split(os.pathsep) == [root, str(extra)]
+  body = "    raise ValueError('path=' + modules['os'].environ.get('PYTHONPATH', ''))"
+  verdict = check_program(_TEMPLATE.format(body=body), 'path_probe',
+                          GateSettings(static_check=False, stop_after='load', timeout_s=120))
+  assert verdict.gate == 'load' and str(extra) in verdict.reason, verdict.reason

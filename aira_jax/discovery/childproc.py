@@ -9,6 +9,16 @@ import subprocess
 from typing import Any
 
 
+def python_path(root: str) -> str:
+  """A child's PYTHONPATH: the project root first, then the caller's own entries. Packages that reach the parent
+  through PYTHONPATH (`pip install --target`, a cluster's module system, a side folder of wheels) must reach the
+  child too, or it fails on its first import. Paths are not secrets; nothing else of the caller's environment
+  is passed this way."""
+  extra = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+           if p and os.path.abspath(p) != os.path.abspath(root)]
+  return os.pathsep.join([root] + list(dict.fromkeys(extra)))
+
+
 def rss_mb(pid: int) -> float:
   """Resident memory of a process in MiB, from /proc (0 when it is gone or unreadable)."""
   try:

@@ -4,8 +4,8 @@
 
 The parent (this module, no JAX imported) runs gate 1 (static policy, pure ast) itself, then starts
 `python -m aira_jax.discovery.sandbox <dir>` with:
-  * a scrubbed environment: PATH, PYTHONPATH (this checkout), HOME and TMPDIR set to a fresh temp dir,
-    JAX_PLATFORMS, XLA_FLAGS, AIRA_JAX_OPS_IMPL, LANG; no API keys, tokens or proxies;
+  * a scrubbed environment: PATH, PYTHONPATH (this checkout, then the caller's entries), HOME and TMPDIR set to a
+    fresh temp dir, JAX_PLATFORMS, XLA_FLAGS, AIRA_JAX_OPS_IMPL, LANG; no API keys, tokens or proxies;
   * a wall-clock limit for the whole check and one for each gate; the child is killed (its process group) when
     either passes;
   * a memory limit: the parent reads the child's resident set size from /proc/<pid>/status every 50 ms and kills
@@ -56,7 +56,7 @@ def _as_settings(settings: Any) -> GateSettings:
 def child_env(workdir: str, settings: GateSettings) -> dict[str, str]:
   """The child's whole environment: what Python and JAX need, nothing from the caller's secrets."""
   env = {'PATH': os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin'), 'HOME': workdir, 'TMPDIR': workdir,
-         'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': settings.platform, 'LANG': 'C.UTF-8',
+         'PYTHONPATH': childproc.python_path(_ROOT), 'JAX_PLATFORMS': settings.platform, 'LANG': 'C.UTF-8',
          'PYTHONDONTWRITEBYTECODE': '1', 'PYTHONHASHSEED': '0', 'PYTHONNOUSERSITE': '1'}
   xla_flags = settings.xla_flags or os.environ.get('XLA_FLAGS', '')
   if xla_flags:

@@ -84,7 +84,8 @@ class RunOutcome:
 def child_env(workdir: str, platform: str) -> dict[str, str]:
   """The child's whole environment: what Python and JAX need; no API keys, tokens, proxies or store URLs."""
   env = {'PATH': os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin'), 'HOME': workdir, 'TMPDIR': workdir,
-         'PYTHONPATH': _ROOT, 'LANG': 'C.UTF-8', 'PYTHONDONTWRITEBYTECODE': '1', 'PYTHONNOUSERSITE': '1'}
+         'PYTHONPATH': childproc.python_path(_ROOT), 'LANG': 'C.UTF-8', 'PYTHONDONTWRITEBYTECODE': '1',
+         'PYTHONNOUSERSITE': '1'}
   platform = platform or os.environ.get('JAX_PLATFORMS', '')
   if platform:
     env['JAX_PLATFORMS'] = platform
