@@ -7,8 +7,8 @@
 Stages: search compositions on the narrowed proxy -> aggregate the top-k -> extrapolate the best to the target
 depth -> ladder of scales with scaling-law fits and the "scales X% faster" table and plot -> compose.md and
 compose.json in DIR (optionally gallery entries). Resumable: rerun the same command to continue. Ctrl-C once
-finishes the current training and stops; twice abandons it. Exit status 0 done, 1 failed, 2 usage error,
-130 interrupted.
+finishes the current training and stops; twice (or SIGTERM) abandons it and still writes the report. Exit status
+0 done, 1 failed (a search in which no composition trained counts as failed), 2 usage error, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -112,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         print(rep.ladder.format_table())
     print(f'\n{sum(h.ok for h in rep.history)} compositions trained on the proxy; {rep.wall_s:.0f} s. Report: '
           f'{os.path.join(workdir, "compose.md")}')
-    return EXIT_INTERRUPTED if rep.stopped else EXIT_OK
+    if rep.stopped:
+        return EXIT_INTERRUPTED
+    failed = [h for h in rep.history if not h.ok]
+    if rep.history and len(failed) == len(rep.history):  # a search that trained nothing is a failed run
+        print(f'error: no composition trained; the first failure ({failed[0].name}): {failed[0].reason[:600]}',
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _write_partial_report(search) -> None:

@@ -343,3 +343,23 @@ def test_sigterm_abandons_the_training_and_still_writes_the_report(tmp_path):
         assert len(exps) == 1 and exps[0].status in ('checked', 'training') and exps[0].claimed_by is None
     finally:
         store.close()
+
+
+def test_a_search_that_trains_nothing_fails_and_says_why(tmp_path):
+    """Every composition failing (here: the corpus is missing) is a failed run (exit 1) that names the first
+    failure, not a quiet success; the report is still written."""
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    t = '--config.engineer.train.'
+    args = [sys.executable, '-m', 'aira_jax.compose', f'--config={root / "configs" / "compose_tiny.py"}',
+            f'--workdir={tmp_path}', '--config.compose.proxy_sublayers=4', '--config.compose.target_sublayers=8',
+            '--config.compose.num_patterns=2', '--config.compose.batch_size=2', '--config.compose.workers=1',
+            '--config.compose.run_ladder=False', '--config.compose.aggregate=False', f'{t}data.source=openstax',
+            f'{t}data.openstax_path={tmp_path / "missing.jsonl.xz"}']
+    out = subprocess.run(args, cwd=root, env={**os.environ, 'PYTHONPATH': str(root), 'JAX_PLATFORMS': 'cpu'},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert 'no composition trained' in out.stderr and 'OpenStax corpus not found' in out.stderr
+    assert '0 compositions trained' in out.stdout and (tmp_path / 'compose.md').exists()
