@@ -29,7 +29,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     sentencepiece absl-py scikit-learn > "$OUT/pip.log" 2>&1 || { echo "venv install failed: $OUT/pip.log"; exit 1; }
 fi
 rm -rf "$SITE"
-"$VENV/bin/pip" install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl || exit 1
+"$VENV/bin/pip" install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
+  > "$OUT/pip_site.log" 2>&1 || { echo "wheel install failed: $OUT/pip_site.log"; exit 1; }
 export PYTHONPATH=$SITE:$PWD JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1
 PYBIN=$VENV/bin/python
 [ -d .shared/harness ] && export AIRA_HARNESS_DATA=$PWD/.shared/harness
