@@ -100,7 +100,8 @@ step overhead 120 python3 bench/overhead.py --measure_steps=20
 # "Evaluation": the harness port's items/s against lm-eval driving the same JAX model (500 docs a task). Only
 # with lm-eval installed (see the calls above): the port alone answers nothing the issue asks.
 HARNESS=.shared/harness
-if [ -d "$HARNESS" ] && PYTHONPATH="/tmp/site_lm:$PYTHONPATH" python3 -c "import lm_eval, datasets" 2>/dev/null; then
+if [ -d "$HARNESS" ] && PYTHONPATH="/tmp/site_lm:$PYTHONPATH" python3 -c "import aira_jax.evaluate.lm_eval_bridge" \
+    2>/dev/null; then
   HS=$((BUDGET - SECONDS - 10)); [ "$HS" -gt 400 ] && HS=400
   step harness_speed "${HARNESS_S:-$HS}" env PYTHONPATH="/tmp/site_lm:$PYTHONPATH" python3 bench/harness_speed.py \
     --data_dir="$HARNESS"

@@ -21,6 +21,7 @@ fi
 [ -n "$PY" ] || { echo "no Python 3.12 found (set PYTHON312)"; exit 1; }
 VENV=${REHEARSAL_VENV:-/tmp/aira_rehearsal_venv}
 SITE=/tmp/aira_rehearsal_site
+SITE_LM=/tmp/aira_rehearsal_site_lm
 OUT=${OUT:-/tmp/aira_rehearsal_out}
 rm -rf "$OUT" && mkdir -p "$OUT"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -59,5 +60,19 @@ part compose "$PYBIN" -m aira_jax.compose --config=configs/compose_tiny.py --wor
 part kernels_smoke "$PYBIN" bench/kernels.py --smoke --out="$OUT"
 part train_throughput "$PYBIN" bench/train_throughput.py --preset=tiny_cpu --d_model=32 --num_layers=1 --seq=32 \
   --batches=2 --steps=2 --warmup=1 --no-fla --cases=deltanet,attention --out="$OUT"
+# lm-eval's closure from its two carries (.whl_lm1/, .whl_lm2/), as the suite's harness call installs it: the
+# bridge must import and lm-eval must drive the model (harness_speed's quick mode prints an lm-eval row).
+if ls .whl_lm1/*.whl .whl_lm2/*.whl >/dev/null 2>&1; then
+  rm -rf "$SITE_LM"
+  "$VENV/bin/pip" install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE_LM" .whl_lm1/*.whl \
+    .whl_lm2/*.whl > "$OUT/pip_site_lm.log" 2>&1 || echo "lm-eval wheel install failed: $OUT/pip_site_lm.log"
+  part harness_lm_eval env PYTHONPATH="$SITE_LM:$PYTHONPATH" "$PYBIN" bench/harness_speed.py --quick \
+    --data_dir="${AIRA_HARNESS_DATA:-.shared/harness}" --out="$OUT"
+  if ! grep -q "| lm-eval " "$OUT/harness_lm_eval.log"; then
+    echo "FAILED: harness_lm_eval ran without its lm-eval row"; FAILED+=("harness_lm_eval (no lm-eval row)")
+  fi
+else
+  echo "=== harness_lm_eval SKIPPED: no .whl_lm1/ and .whl_lm2/ here"
+fi
 if [ "${#FAILED[@]}" -gt 0 ]; then echo "rehearsal FAILED: ${FAILED[*]}"; exit 1; fi
 echo "rehearsal passed"
