@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--log", required=True, help="a log holding ptxas -v reports (MOSAIC_GPU_DUMP_PTXAS=1)")
     ap.add_argument("--device", default="gpu", help="the GPU the log comes from, for the title and file name")
-    ap.add_argument("--out", default="", help="where to save the table (default bench/results/ptxas_<device>_<date>.md)")
+    ap.add_argument("--out", default="",
+                    help="where to save the table (default bench/results/ptxas_<device>_<date>.md)")
     a = ap.parse_args(argv)
     try:
         with open(a.log, errors="replace") as f:

@@ -44,8 +44,8 @@ part() {  # name, command...
     FAILED+=("$name")
   fi
 }
-part imports "$PYBIN" -c "import aira_jax.discover, aira_jax.compose, aira_jax.train.trainer, aira_jax.discovery.store, \
-aira_jax.evaluate.harness, aira_jax.ops; import grain, ml_collections; print('imports ok')"
+part imports "$PYBIN" -c "import aira_jax.discover, aira_jax.compose, aira_jax.train.trainer, \
+aira_jax.discovery.store, aira_jax.evaluate.harness, aira_jax.ops; import grain, ml_collections; print('imports ok')"
 # The suite's pytest steps: collection (test imports, markers, the smoke selection) with the carried pytest.
 part gpu_tests_collect "$PYBIN" -m pytest --collect-only -q -p no:cacheprovider -m gpu tests/test_pallas_gpu.py \
   tests/test_pallas_delta.py -k "(hopper and (128-chunked or 128-fused)) or (simple_gla and bf16 and d128)"
