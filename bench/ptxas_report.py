@@ -34,7 +34,7 @@ _SUFFIX = "_mosaic_gpu_kernel"  # Mosaic names the outlined kernel <launch name>
 class KernelReport:
     name: str
     arch: str
-    registers: int | None = None
+    registers: int = 0
     stack: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
@@ -62,7 +62,7 @@ def parse(text: str) -> list[KernelReport]:
             if first is not current:
                 first.compiles += 1
                 for field in ("registers", "stack", "spill_stores", "spill_loads"):
-                    setattr(first, field, max(getattr(first, field) or 0, getattr(current, field)))
+                    setattr(first, field, max(getattr(first, field), getattr(current, field)))
             current = None
     return list(out.values())
 
@@ -75,9 +75,8 @@ def table(rows: list[KernelReport], device: str, source: str) -> str:
              "| kernel | arch | registers | spill stores (B) | spill loads (B) | stack (B) | compiles |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        regs = "?" if r.registers is None else str(r.registers)
         flag = " **spills**" if r.spills else ""
-        lines.append(f"| {r.name}{flag} | {r.arch} | {regs} | {r.spill_stores} | {r.spill_loads} | {r.stack} "
+        lines.append(f"| {r.name}{flag} | {r.arch} | {r.registers} | {r.spill_stores} | {r.spill_loads} | {r.stack} "
                      f"| {r.compiles} |")
     lines += ["", f"{len(rows)} kernels, {len(spilled)} with spills"
               + (": " + ", ".join(r.name for r in spilled) if spilled else ".")]

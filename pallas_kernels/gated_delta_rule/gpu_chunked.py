@@ -14,9 +14,9 @@ few heads leaves most SMs idle. Here that work moves into kernels with one CTA p
             grads   grid (B*H*blocks, N)  chunk_backward of every chunk from (S_n, dS_{n+1}, T) at once: partial
                                           dq, dk, dbeta, dg per value block (summed outside), dv
 
-W (in the input dtype) and T (fp32, [C, C] per chunk: the size of one more [C, 64] bf16 tensor) are kept from the
+W (in the input dtype) and T (fp32, [C, C] per chunk: the size of one more [C, 128] bf16 tensor) are kept from the
 forward for the backward with the per-chunk start states (fp32), so the backward never inverts again: the
-inverse is the longest dependent chain of a chunk's math (about a dozen fp32 matmuls), and at Dv = 128 the grads
+inverse is the longest dependent chain of a chunk's math (19 dependent fp32 matmuls), and at Dv = 128 the grads
 kernel would otherwise redo it in each of the two value-block CTAs. (flash-linear-attention keeps its inverse
 for the backward too.) The math is chunk_math.py's chunk-parallel functions; the wgmma, vec
 and value-block machinery is gpu_common.py's.
