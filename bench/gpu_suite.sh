@@ -23,6 +23,7 @@
 # (SUITE_BUDGET_S, default 575 s, measured from the start of this script) is skipped and says so. Run one part
 # alone with SUITE_ONLY=<step name> (e.g. SUITE_ONLY=kernels; SUITE_ONLY=install only installs wheels).
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_suite_out}
 BUDGET=${SUITE_BUDGET_S:-575}
 ONLY=${SUITE_ONLY:-}
@@ -73,9 +74,9 @@ step() {  # name, seconds, command...   (sets LAST_RC: the command's exit status
 # test of each kernel family at D128 bf16 (delta rules in both schemes, SSD), so a wrong or hanging kernel is known
 # before any timing is spent on it.
 python3 -c "import pytest" 2>/dev/null || echo "pytest is missing: carry the pytest, pluggy and iniconfig wheels in .whl/"
-GPU_TESTS="tests/test_pallas_gpu.py tests/test_pallas_delta.py"
+# shellcheck source=bench/gpu_smoke.sh
+source bench/gpu_smoke.sh  # GPU_TESTS and the SMOKE selection
 #    A test still running after 45 s gets its stack dumped (faulthandler): which kernel hangs, if one does.
-SMOKE="(hopper and (128-chunked or 128-fused)) or (simple_gla and bf16 and d128)"
 step kernel_smoke 90 python3 -m pytest -m gpu $GPU_TESTS -k "$SMOKE" -q -rs -p no:cacheprovider \
   -o faulthandler_timeout=45
 # A kernel that hangs would eat every later step's limit too: after a timed-out smoke test, the later steps keep

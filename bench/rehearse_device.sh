@@ -47,8 +47,14 @@ part() {  # name, command...
 part imports "$PYBIN" -c "import aira_jax.discover, aira_jax.compose, aira_jax.train.trainer, \
 aira_jax.discovery.store, aira_jax.evaluate.harness, aira_jax.ops; import grain, ml_collections; print('imports ok')"
 # The suite's pytest steps: collection (test imports, markers, the smoke selection) with the carried pytest.
-part gpu_tests_collect "$PYBIN" -m pytest --collect-only -q -p no:cacheprovider -m gpu tests/test_pallas_gpu.py \
-  tests/test_pallas_delta.py -k "(hopper and (128-chunked or 128-fused)) or (simple_gla and bf16 and d128)"
+# shellcheck source=bench/gpu_smoke.sh
+source bench/gpu_smoke.sh
+# shellcheck disable=SC2086
+part gpu_tests_collect "$PYBIN" -m pytest --collect-only -q -p no:cacheprovider -m gpu $GPU_TESTS -k "$SMOKE"
+if ! grep -qE "^5/[0-9]+ tests collected" "$OUT/gpu_tests_collect.log"; then  # one per delta scheme and gating + SSD
+  echo "FAILED: the smoke selection does not pick 5 tests:"; tail -n 2 "$OUT/gpu_tests_collect.log"
+  FAILED+=("gpu_tests_collect (smoke selection)")
+fi
 part overhead "$PYBIN" bench/overhead.py --quick --measure_steps=10 --tasks=piqa --eval_limit=4 --out=-
 part compose "$PYBIN" -m aira_jax.compose --config=configs/compose_tiny.py --workdir="$OUT/compose" \
   --config.compose.proxy_sublayers=4 --config.compose.target_sublayers=8 --config.compose.num_patterns=2 \

@@ -85,6 +85,13 @@ def pad_last(x: jax.Array, size: int) -> jax.Array:
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
+def pad_state(s: jax.Array, dk: int, dv: int) -> jax.Array:
+    """Zero-pads a state [..., Dk, Dv] up to [..., dk, dv] (no op when it already is)."""
+    if s.shape[-2:] == (dk, dv):
+        return s
+    return jnp.pad(s, [(0, 0)] * (s.ndim - 2) + [(0, dk - s.shape[-2]), (0, dv - s.shape[-1])])
+
+
 def check_state(name: str, state, q, v) -> None:
     if state is None:
         return

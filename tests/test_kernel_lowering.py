@@ -81,6 +81,41 @@ def test_gpu_kernels_lower_for_cuda(op, dtype, d, scheme):
         assert re.search(name, text), f"{op} {mode}: no kernel named like {name} in the lowered module"
 
 
+def _outside_kernels(jaxpr):
+    """(eqns outside the Mosaic GPU kernels, number of kernel launches) of a traced program, nested calls included."""
+    eqns, kernels = [], 0
+    for e in jaxpr.eqns:
+        if e.primitive.name in ("mpmd_map", "pallas_call"):  # a kernel launch: its body is the kernel's business
+            kernels += 1
+            continue
+        eqns.append(e)
+        for p in e.params.values():
+            sub = getattr(p, "jaxpr", p)
+            if hasattr(sub, "eqns"):
+                more, n = _outside_kernels(sub)
+                eqns, kernels = eqns + more, kernels + n
+    return eqns, kernels
+
+
+@pytest.mark.parametrize("op,scheme,launches", [("delta_rule", "chunked", 5), ("delta_rule", "fused", 2),
+                                                ("gated_delta_rule", "chunked", 5), ("simple_gla", None, 4)])
+def test_gpu_kernels_read_and_write_the_op_layout_in_place(op, scheme, launches):
+    """Around the kernels of a forward + backward, XLA moves no [B, T, H, D] tensor between layouts: the kernels
+    read q, k, v, dO and write o, dq, dk, dv as strided TMA windows of the op layout (each transpose copy would
+    read and write a whole tensor). Only per-time vectors [B, T, H] (beta, g) are transposed."""
+    b, t, h, d = 2, 128, 3, 128
+    kernel, _ = _op(op, scheme)
+    x = jnp.zeros((b, t, h, d), jnp.bfloat16)
+    vec, s0 = jnp.zeros((b, t, h), jnp.float32), jnp.zeros((b, h, d, d), jnp.float32)
+    _, grad = _forward_and_grad(kernel)
+    eqns, kernels = _outside_kernels(jax.make_jaxpr(grad)(x, x, x, vec, s0).jaxpr)
+    assert kernels == launches, f"{op}: {kernels} kernel launches traced, expected {launches}"
+    moved = [(e.primitive.name, e.invars[0].aval.shape) for e in eqns
+             if e.primitive.name in ("transpose", "gather", "concatenate")
+             and e.invars[0].aval.size > b * t * h]
+    assert not moved, f"{op}: layout copies of large tensors around the kernels: {moved}"
+
+
 def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
     """fp32 D128 is refused by applies() (SMEM); lowering it anyway must fail on shared memory, not elsewhere."""
     x, vec, s0 = _inputs(jnp.float32, 128)

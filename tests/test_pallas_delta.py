@@ -214,10 +214,11 @@ def test_dispatch_warns_on_broken_kernel_module(monkeypatch):
 
 @pytest.mark.parametrize("scheme", gdr_gpu.SCHEMES)
 def test_gpu_kernel_matches_oracle_in_gpu_interpreter(scheme):
-    """The Mosaic GPU bodies (TMA copies, barriers, wgmma through SMEM, relayouts) under the GPU interpreter."""
+    """The Mosaic GPU bodies (TMA copies, barriers, wgmma through SMEM, relayouts) under the GPU interpreter.
+    Two batches of three heads: every CTA finds its own strided windows of the op layout [B, T, H, D]."""
     kernel = lambda *a, **kw: gdr_gpu.chunk_gated_delta_rule_gpu(  # noqa: E731
         *a, interpret=GPU_INTERPRET, scheme=scheme, **kw)
-    check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=64, dv=64, dtype=jnp.bfloat16, gated=True,
+    check_against_oracle(kernel, fresh_seed(), b=2, t=100, h=3, dk=64, dv=64, dtype=jnp.bfloat16, gated=True,
                          with_state=True)
 
 
@@ -239,7 +240,7 @@ def test_gpu_kernel_value_blocks_match_oracle_in_gpu_interpreter(gated, dk, dv, 
     assert gdr_gpu.value_blocks(dv) == 2
     fn = gdr_gpu.chunk_gated_delta_rule_gpu if gated else dr_gpu.chunk_delta_rule_gpu
     kernel = lambda *a, **kw: fn(*a, interpret=GPU_INTERPRET, scheme=scheme, **kw)  # noqa: E731
-    check_against_oracle(kernel, fresh_seed(), b=1, t=100, h=1, dk=dk, dv=dv, dtype=jnp.bfloat16, gated=gated,
+    check_against_oracle(kernel, fresh_seed(), b=2, t=100, h=1, dk=dk, dv=dv, dtype=jnp.bfloat16, gated=gated,
                          with_state=True)
 
 

@@ -101,7 +101,8 @@ def test_mixed_head_dims_and_strong_decay_bf16():
 
 
 def test_gpu_kernels_interpreted_ragged_t_with_states_d64():
-    check_against_oracle(jnp.bfloat16, b=1, t=150, h=1, dk=64, dv=64, with_state=True, fn=gpu_kernel)
+    # Two batches of three heads: each program finds its own strided windows of the op layout [B, T, H, D].
+    check_against_oracle(jnp.bfloat16, b=2, t=150, h=3, dk=64, dv=64, with_state=True, fn=gpu_kernel)
 
 
 def test_head_dims_below_the_tile_are_zero_padded_exactly():

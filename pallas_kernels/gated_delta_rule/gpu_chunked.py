@@ -56,7 +56,7 @@ def _vecs(m, b_s, g_s):
 
 
 # ------------------------------------------------------------------------------------------------ kernels
-def _wu_kernel(*refs, m, keys, blocks, keep_t):
+def _wu_kernel(*refs, m, keys, heads, blocks, keep_t):
     it = iter(refs)
     k_ref, v_ref, beta_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -68,9 +68,10 @@ def _wu_kernel(*refs, m, keys, blocks, keep_t):
     t_s = next(it) if keep_t else None
     bh, n = lax.axis_index("bh"), lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
+    op = gc.OpSlices(bh, heads, blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    _loader(bar)([(k_ref.at[bh, rows], k_s), (beta_ref.at[bh, rows], b_s)]
-                 + [(v_ref.at[bh * blocks + j, rows], v_bufs[j]) for j in range(blocks)]
+    _loader(bar)([(op.head(k_ref, rows), k_s), (beta_ref.at[bh, rows], b_s)]
+                 + [(op.value(v_ref, rows, j), v_bufs[j]) for j in range(blocks)]
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     beta, g = _vecs(m, b_s, g_s)
     vs = [buf[...] for buf in v_bufs]  # in registers before the tiles are reused for U'
@@ -120,7 +121,7 @@ def _sequential(num_chunks, reverse, pre: _Prefetch, body, init):
     return lax.fori_loop(0, num_chunks, step, init)
 
 
-def _states_kernel(*refs, m, keys, blocks, num_chunks):
+def _states_kernel(*refs, m, keys, heads, blocks, num_chunks):
     it = iter(refs)
     k_ref, w_ref, uf_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -128,13 +129,14 @@ def _states_kernel(*refs, m, keys, blocks, num_chunks):
     bufs = {key: next(it) for key in keys}
     k_s, w_s, u_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(8))
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    _loader(bar0)([(s0_ref.at[bhv], st_s)])
+    _loader(bar0)([(op.state(s0_ref), st_s)])
     s0 = plgpu.load(st_s, layout=WGMMA)
 
     def srcs(n):
         rows = pl.ds(n * CHUNK, CHUNK)
-        return [k_ref.at[bh, rows], w_ref.at[bh, rows], uf_ref.at[bhv, rows]] \
+        return [op.head(k_ref, rows), w_ref.at[bh, rows], uf_ref.at[bhv, rows]] \
             + ([g_ref.at[bh, rows]] if m.gated else [])
 
     def body(n, tiles, s):
@@ -148,10 +150,10 @@ def _states_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [k_s, w_s, u_s] + ([g_s] if m.gated else []), bar)
     s_fin = _sequential(num_chunks, False, pre, body, s0)
     plgpu.wait_smem_to_gmem(0)
-    gc.store_tiles([(s_fin, st_s, sfin_ref.at[bhv])])
+    gc.store_tiles([(s_fin, st_s, op.state(sfin_ref))])
 
 
-def _output_kernel(*refs, m, keys, blocks):
+def _output_kernel(*refs, m, keys, heads, blocks):
     it = iter(refs)
     q_ref, k_ref, w_ref, uf_ref = next(it), next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -159,19 +161,20 @@ def _output_kernel(*refs, m, keys, blocks):
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (w_ref.at[bh, rows], w_s),
+    _loader(bar)([(op.head(q_ref, rows), q_s), (op.head(k_ref, rows), k_s), (w_ref.at[bh, rows], w_s),
                   (uf_ref.at[bhv, rows], u_s), (states_ref.at[bhv, n], st_s)]
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     _, g = _vecs(m, None, g_s)
     s = plgpu.load(st_s, layout=WGMMA)
     o = chunk_math.chunk_output(q_s[...], k_s[...], w_s[...], u_s[...], g, s, gm)
-    gc.store_tiles([(o, u_s, o_ref.at[bhv, rows])])
+    gc.store_tiles([(o, u_s, op.value(o_ref, rows))])
 
 
-def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
+def _dstates_kernel(*refs, m, keys, heads, blocks, num_chunks):
     it = iter(refs)
     q_ref, k_ref, w_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -179,13 +182,14 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(9))
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    _loader(bar0)([(dsf_ref.at[bhv], st_s)])
+    _loader(bar0)([(op.state(dsf_ref), st_s)])
     ds_fin = plgpu.load(st_s, layout=WGMMA)
 
     def srcs(n):
         rows = pl.ds(n * CHUNK, CHUNK)
-        return [q_ref.at[bh, rows], k_ref.at[bh, rows], w_ref.at[bh, rows], do_ref.at[bhv, rows]] \
+        return [op.head(q_ref, rows), op.head(k_ref, rows), w_ref.at[bh, rows], op.value(do_ref, rows)] \
             + ([g_ref.at[bh, rows]] if m.gated else [])
 
     def body(n, tiles, ds_next):
@@ -200,10 +204,10 @@ def _dstates_kernel(*refs, m, keys, blocks, num_chunks):
     pre = _Prefetch(srcs, [q_s, k_s, w_s, do_s] + ([g_s] if m.gated else []), bar)
     ds0 = _sequential(num_chunks, True, pre, body, ds_fin)
     plgpu.wait_smem_to_gmem(0)
-    gc.store_tiles([(ds0, st_s, ds0_ref.at[bhv])])
+    gc.store_tiles([(ds0, st_s, op.state(ds0_ref))])
 
 
-def _grads_kernel(*refs, m, keys, blocks):
+def _grads_kernel(*refs, m, keys, heads, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref, beta_ref = next(it), next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -214,11 +218,12 @@ def _grads_kernel(*refs, m, keys, blocks):
     bufs = {key: next(it) for key in keys}
     q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(12))
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
-    _loader(bar)([(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
-                  (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
+    _loader(bar)([(op.head(q_ref, rows), q_s), (op.head(k_ref, rows), k_s), (op.value(v_ref, rows), v_s),
+                  (op.value(do_ref, rows), do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
                   (dstates_ref.at[bhv, n], dst_s), (t_ref.at[bh, rows], t_s)]
                  + ([(g_ref.at[bh, rows], g_s)] if m.gated else []))
     beta, g = _vecs(m, b_s, g_s)
@@ -226,9 +231,9 @@ def _grads_kernel(*refs, m, keys, blocks):
     dq, dk, dv, dbeta, dg, _ = chunk_math.chunk_backward(q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...],
                                                          ds_next, gm, t=plgpu.load(t_s, layout=WGMMA))
     # dq, dk, dv go out through the q, k, v tiles (their values are in registers by now).
-    gc.store_tiles([(dq, q_s, dq_ref.at[bhv, rows]), (dk, k_s, dk_ref.at[bhv, rows]),
-                       (dv, v_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
-                      + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
+    gc.store_tiles([(dq, q_s, op.partial(dq_ref, rows)), (dk, k_s, op.partial(dk_ref, rows)),
+                    (dv, v_s, op.value(dv_ref, rows)), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
+                   + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
 
 
 # ------------------------------------------------------------------------------------------------ launch
@@ -282,98 +287,92 @@ def fits_smem(gated: bool, dk: int, dv: int, dtype) -> bool:
     return all(smem_bytes(m, w, dk, dv // blocks, blocks, dtype) <= gc.SMEM_BUDGET for w in KERNELS)
 
 
-def _inputs(q, k, v, g, beta, blocks):
-    hf = gc.heads_first
-    return hf(q), hf(k), gc.values_first(v, blocks), (hf(g) if g is not None else None), hf(beta)
-
-
-def _wu(kh, vb, bh_beta, gh, *, m, blocks, interpret, keep_t):
-    """W, U' and (keep_t: for a backward) T of every chunk."""
-    bh, tp, dk = kh.shape
-    rows, _, bv = vb.shape
-    c = CHUNK
+def _wu(k, v, gh, bh_beta, *, m, blocks, interpret, keep_t):
+    """W, U' and (keep_t: for a backward) T of every chunk, from k, v in the op layout."""
+    bsz, tp, heads, dk = k.shape
+    bh, rows, bv, c = bsz * heads, bsz * heads * blocks, v.shape[-1] // blocks, CHUNK
     keys = _keys(m, "wu", dk, bv, blocks)
-    args = [kh, vb, bh_beta] + ([gh] if m.gated else [])
-    out = [jax.ShapeDtypeStruct((bh, tp, dk), kh.dtype), jax.ShapeDtypeStruct((rows, tp, bv), vb.dtype)] \
+    args = [k, v, bh_beta] + ([gh] if m.gated else [])
+    out = [jax.ShapeDtypeStruct((bh, tp, dk), k.dtype), jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)] \
         + ([jax.ShapeDtypeStruct((bh, tp, c), f32)] if keep_t else [])
-    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
-                                    plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
-                             + [plgpu.SMEM((c, bv), vb.dtype)] * blocks
-                             + ([plgpu.SMEM((c, c), f32)] if keep_t else []))
-    body = functools.partial(_wu_kernel, m=m, keys=keys, blocks=blocks, keep_t=keep_t)
+    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
+                                plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=3 + blocks)]
+                         + [plgpu.SMEM((c, bv), v.dtype)] * blocks
+                         + ([plgpu.SMEM((c, c), f32)] if keep_t else []))
+    body = functools.partial(_wu_kernel, m=m, keys=keys, heads=heads, blocks=blocks, keep_t=keep_t)
     return gc.launch(body, args, out, scratch, grid=(bh, tp // c), interpret=interpret,
-                     name=gc.kernel_name(m, "wu", dk, bv, kh.dtype))
+                     name=gc.kernel_name(m, "wu", dk, bv, k.dtype))
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     bsz, tp, heads, dk = q.shape
     blocks = gc.value_blocks(v.shape[-1])
-    qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
-    rows, _, bv = vb.shape
+    gh, bh_beta = gc.row_vectors(g, beta)
+    rows, bv = bsz * heads * blocks, v.shape[-1] // blocks
     c, nc = CHUNK, tp // CHUNK
-    w, uf, *t = _wu(kh, vb, bh_beta, gh, m=m, blocks=blocks, interpret=interpret, keep_t=save_states)
+    w, uf, *t = _wu(k, v, gh, bh_beta, m=m, blocks=blocks, interpret=interpret, keep_t=save_states)
     gl = [gh] if m.gated else []
 
     keys = _keys(m, "states", dk, bv, blocks)
-    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), kh.dtype), plgpu.SMEM((2, c, dk), w.dtype),
-                                    plgpu.SMEM((2, c, bv), uf.dtype), plgpu.SMEM((2, c), f32),
-                                    plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=1),
-                                    plgpu.Barrier(num_barriers=2 * (4 if m.gated else 3))])
+    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), k.dtype), plgpu.SMEM((2, c, dk), w.dtype),
+                                plgpu.SMEM((2, c, bv), uf.dtype), plgpu.SMEM((2, c), f32),
+                                plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=1),
+                                plgpu.Barrier(num_barriers=2 * (4 if m.gated else 3))])
     states, s_fin = gc.launch(
-        functools.partial(_states_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
-        [kh, w, uf] + gl + [gc.state_first(s0, blocks)],
-        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
-        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "states", dk, bv, kh.dtype))
+        functools.partial(_states_kernel, m=m, keys=keys, heads=heads, blocks=blocks, num_chunks=nc),
+        [k, w, uf] + gl + [s0],
+        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct(s0.shape, f32)],
+        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "states", dk, bv, k.dtype))
 
     keys = _keys(m, "output", dk, bv, blocks)
-    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype),
-                                    plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), uf.dtype),
-                                    plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
-                                    plgpu.Barrier(num_barriers=6)])
-    (o,) = gc.launch(functools.partial(_output_kernel, m=m, keys=keys, blocks=blocks),
-                   [qh, kh, w, uf] + gl + [states], [jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)],
+    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype),
+                                plgpu.SMEM((c, dk), w.dtype), plgpu.SMEM((c, bv), uf.dtype),
+                                plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
+                                plgpu.Barrier(num_barriers=6)])
+    (o,) = gc.launch(functools.partial(_output_kernel, m=m, keys=keys, heads=heads, blocks=blocks),
+                     [q, k, w, uf] + gl + [states], [jax.ShapeDtypeStruct(v.shape, v.dtype)],
                      scratch, grid=(rows, nc), interpret=interpret,
-                     name=gc.kernel_name(m, "output", dk, bv, qh.dtype))
+                     name=gc.kernel_name(m, "output", dk, bv, q.dtype))
     residual = (states, w, t[0]) if save_states else None
-    return gc.values_back(o, bsz, heads), gc.state_back(s_fin, bsz, heads), residual
+    return o, s_fin, residual
 
 
 def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
     states, w, t = residual
     bsz, tp, heads, dk = q.shape
     blocks = gc.value_blocks(v.shape[-1])
-    qh, kh, vb, gh, bh_beta = _inputs(q, k, v, g, beta, blocks)
-    rows, _, bv = vb.shape
+    gh, bh_beta = gc.row_vectors(g, beta)
+    rows, bv = bsz * heads * blocks, v.shape[-1] // blocks
     c, nc = CHUNK, tp // CHUNK
     gl = [gh] if m.gated else []
-    dob = gc.values_first(do.astype(v.dtype), blocks)
+    do = do.astype(v.dtype)
 
     keys = _keys(m, "dstates", dk, bv, blocks)
-    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), qh.dtype), plgpu.SMEM((2, c, dk), kh.dtype),
-                                    plgpu.SMEM((2, c, dk), w.dtype), plgpu.SMEM((2, c, bv), dob.dtype),
-                                    plgpu.SMEM((2, c), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
-                                    plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=2 * (5 if m.gated else 4))])
+    scratch = gc.scratch(keys, [plgpu.SMEM((2, c, dk), q.dtype), plgpu.SMEM((2, c, dk), k.dtype),
+                                plgpu.SMEM((2, c, dk), w.dtype), plgpu.SMEM((2, c, bv), do.dtype),
+                                plgpu.SMEM((2, c), f32), plgpu.SMEM((dk, bv), f32), plgpu.SMEM((c,), f32),
+                                plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=2 * (5 if m.gated else 4))])
     dstates, ds0 = gc.launch(
-        functools.partial(_dstates_kernel, m=m, keys=keys, blocks=blocks, num_chunks=nc),
-        [qh, kh, w] + gl + [dob, gc.state_first(ds_final, blocks)],
-        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct((rows, dk, bv), f32)],
-        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "dstates", dk, bv, qh.dtype))
+        functools.partial(_dstates_kernel, m=m, keys=keys, heads=heads, blocks=blocks, num_chunks=nc),
+        [q, k, w] + gl + [do, ds_final],
+        [jax.ShapeDtypeStruct((rows, nc, dk, bv), f32), jax.ShapeDtypeStruct(ds_final.shape, f32)],
+        scratch, grid=(rows,), interpret=interpret, name=gc.kernel_name(m, "dstates", dk, bv, q.dtype))
 
     keys = _keys(m, "grads", dk, bv, blocks)
     scratch = gc.scratch(keys, [
-        plgpu.SMEM((c, dk), qh.dtype), plgpu.SMEM((c, dk), kh.dtype), plgpu.SMEM((c, bv), vb.dtype),
-        plgpu.SMEM((c, bv), dob.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
+        plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, bv), v.dtype),
+        plgpu.SMEM((c, bv), do.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, bv), f32),
         plgpu.SMEM((dk, bv), f32), plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32),
         plgpu.Barrier(num_barriers=9)])
-    out = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
-           jax.ShapeDtypeStruct((rows, tp, bv), v.dtype)] \
+    # dq, dk: one partial per value block, in the op layout (summed below); dv: written in place.
+    out = [gc.partials_shape(q, blocks), gc.partials_shape(k, blocks), jax.ShapeDtypeStruct(v.shape, v.dtype)] \
         + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) + [jax.ShapeDtypeStruct((rows, tp), f32)]
-    outs = iter(gc.launch(functools.partial(_grads_kernel, m=m, keys=keys, blocks=blocks),
-                        [qh, kh, vb, bh_beta] + gl + [states, dstates, dob, t], out, scratch,
+    outs = iter(gc.launch(functools.partial(_grads_kernel, m=m, keys=keys, heads=heads, blocks=blocks),
+                          [q, k, v, bh_beta] + gl + [states, dstates, do, t], out, scratch,
                           grid=(rows, nc), interpret=interpret,
-                          name=gc.kernel_name(m, "grads", dk, bv, qh.dtype)))
-    dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))
-    dv = gc.values_back(next(outs), bsz, heads)
+                          name=gc.kernel_name(m, "grads", dk, bv, q.dtype)))
+    dq, dk_ = gc.sum_partials(next(outs)), gc.sum_partials(next(outs))
+    dv = next(outs)
     dg = gc.sum_blocks(next(outs), bsz, heads) if m.gated else None
     dbeta = gc.sum_blocks(next(outs), bsz, heads)
-    return dq, dk_, dv, dg, dbeta, gc.state_back(ds0, bsz, heads)
+    return dq, dk_, dv, dg, dbeta, ds0

@@ -37,13 +37,14 @@ def operand_keys(m: chunk_math.ChunkMath, c: int, dk: int, dv: int, backward: bo
 
 
 def smem_bytes(keys, c, dk, dv, in_dtype, backward: bool) -> int:
-    """Operand buffers plus the staging tiles _forward / _backward allocate: q, k, v (+ do); outputs reuse them."""
+    """Operand buffers plus the staging tiles _forward / _backward allocate: q, k, v (+ do); outputs reuse them.
+    T's fp32 tile is counted in both (the forward has it when it saves for a backward, the case that must fit)."""
     operand = gc.operand_bytes(keys)
     tiles = 2 * c * dk + (2 if backward else 1) * c * dv
     return operand + tiles * jnp.dtype(in_dtype).itemsize + dk * dv * 4 + c * c * 4 + 5 * c * 4  # + T's tile
 
 
-def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
+def _forward_kernel(*refs, m, keys, save_states, num_chunks, heads, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -51,19 +52,21 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
     o_ref, sfin_ref = next(it), next(it)
     states_ref, t_ref = (next(it), next(it)) if save_states else (None, None)
     bufs = {key: next(it) for key in keys}
-    q_s, k_s, v_s, g_s, b_s, st_s, vec_s, t_s, bar = (next(it) for _ in range(9))
+    q_s, k_s, v_s, g_s, b_s, st_s, vec_s, bar = (next(it) for _ in range(8))
+    t_s = next(it) if save_states else None
     o_s = v_s  # v is in registers once the chunk math has started: its tile stages the output
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
-    plgpu.copy_gmem_to_smem(s0_ref.at[bhv], st_s, bar.at[0])
+    plgpu.copy_gmem_to_smem(op.state(s0_ref), st_s, bar.at[0])
     plgpu.barrier_wait(bar.at[0])
     s0 = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
 
     def step(n, s):
         rows = pl.ds(n * c, c)
-        loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
+        loads = [(op.head(q_ref, rows), q_s), (op.head(k_ref, rows), k_s), (op.value(v_ref, rows), v_s),
                  (beta_ref.at[bh, rows], b_s)] + ([(g_ref.at[bh, rows], g_s)] if m.gated else [])
         for i, (src, dst) in enumerate(loads):
             plgpu.copy_gmem_to_smem(src, dst, bar.at[i])
@@ -75,12 +78,12 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
             plgpu.copy_smem_to_gmem(st_s, states_ref.at[bhv, n])
         beta = plgpu.load(b_s, layout=ROW)
         g = plgpu.load(g_s, layout=ROW) if m.gated else None
-        o, s_new, t = chunk_math.chunk_forward(q_s[...], k_s[...], v_s[...], beta, g, s, gm, with_t=True)
+        o, s_new, *t = chunk_math.chunk_forward(q_s[...], k_s[...], v_s[...], beta, g, s, gm, with_t=save_states)
         o_s[...] = o.astype(o_s.dtype)
         if save_states:
-            t_s[...] = t
+            t_s[...] = t[0]
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_s, o_ref.at[bhv, rows])
+        plgpu.copy_smem_to_gmem(o_s, op.value(o_ref, rows))
         if save_states:
             plgpu.copy_smem_to_gmem(t_s, t_ref.at[bhv, rows])
         plgpu.wait_smem_to_gmem(0)  # v_s (o) / st_s / t_s are refilled next step
@@ -89,11 +92,11 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, blocks):
     s_fin = lax.fori_loop(0, num_chunks, step, s0)
     st_s[...] = s_fin
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(st_s, sfin_ref.at[bhv])
+    plgpu.copy_smem_to_gmem(st_s, op.state(sfin_ref))
     plgpu.wait_smem_to_gmem(0)
 
 
-def _backward_kernel(*refs, m, keys, num_chunks, blocks):
+def _backward_kernel(*refs, m, keys, num_chunks, heads, blocks):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
     g_ref = next(it) if m.gated else None
@@ -105,18 +108,19 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
     q_s, k_s, v_s, do_s, g_s, b_s, st_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(11))
     dq_s, dk_s, dv_s = q_s, k_s, v_s  # the inputs are in registers once the chunk math runs: reuse their tiles
     bhv, bh = gc.program_ids(blocks)
+    op = gc.OpSlices.of_row(bhv, heads, blocks)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
-    plgpu.copy_gmem_to_smem(dsfin_ref.at[bhv], st_s, bar.at[0])
+    plgpu.copy_gmem_to_smem(op.state(dsfin_ref), st_s, bar.at[0])
     plgpu.barrier_wait(bar.at[0])
     ds_fin = plgpu.load(st_s, layout=plgpu.Layout.WGMMA)
 
     def step(i, ds_next):
         n = num_chunks - 1 - i
         rows = pl.ds(n * c, c)
-        loads = [(q_ref.at[bh, rows], q_s), (k_ref.at[bh, rows], k_s), (v_ref.at[bhv, rows], v_s),
-                 (do_ref.at[bhv, rows], do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
+        loads = [(op.head(q_ref, rows), q_s), (op.head(k_ref, rows), k_s), (op.value(v_ref, rows), v_s),
+                 (op.value(do_ref, rows), do_s), (beta_ref.at[bh, rows], b_s), (states_ref.at[bhv, n], st_s),
                  (t_ref.at[bhv, rows], t_s)]
         if m.gated:
             loads.append((g_ref.at[bh, rows], g_s))
@@ -129,16 +133,21 @@ def _backward_kernel(*refs, m, keys, num_chunks, blocks):
         s, t = plgpu.load(st_s, layout=plgpu.Layout.WGMMA), plgpu.load(t_s, layout=plgpu.Layout.WGMMA)
         dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(
             q_s[...], k_s[...], v_s[...], beta, g, s, do_s[...], ds_next, gm, t=t)
-        gc.store_tiles([(dq, dq_s, dq_ref.at[bhv, rows]), (dk, dk_s, dk_ref.at[bhv, rows]),
-                     (dv, dv_s, dv_ref.at[bhv, rows]), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
-                    + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
+        gc.store_tiles([(dq, dq_s, op.partial(dq_ref, rows)), (dk, dk_s, op.partial(dk_ref, rows)),
+                        (dv, dv_s, op.value(dv_ref, rows)), (dbeta, vo_s.at[0], dbeta_ref.at[bhv, rows])]
+                       + ([(dg, vo_s.at[1], dg_ref.at[bhv, rows])] if m.gated else []))
         return ds
 
     ds0 = lax.fori_loop(0, num_chunks, step, ds_fin)
     st_s[...] = ds0
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(st_s, ds0_ref.at[bhv])
+    plgpu.copy_smem_to_gmem(st_s, op.state(ds0_ref))
     plgpu.wait_smem_to_gmem(0)
+
+
+def _vectors(g, beta):
+    gh, bh_beta = gc.row_vectors(g, beta)
+    return ([gh] if gh is not None else []) + [bh_beta]
 
 
 def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
@@ -147,19 +156,19 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     dv = v.shape[-1] // blocks  # columns per CTA
     c, nc, rows = CHUNK, tp // CHUNK, bsz * heads * blocks
     keys = operand_keys(m, c, dk, dv, backward=False)
-    per_head = [gc.heads_first(q), gc.heads_first(k)] + ([gc.heads_first(g)] if m.gated else []) + [gc.heads_first(beta)]
-    args = per_head[:2] + [gc.values_first(v, blocks)] + per_head[2:] + [gc.state_first(s0, blocks)]
-    out_shape = [jax.ShapeDtypeStruct((rows, tp, dv), v.dtype), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
+    args = [q, k, v] + _vectors(g, beta) + [s0]
+    out_shape = [jax.ShapeDtypeStruct(v.shape, v.dtype), jax.ShapeDtypeStruct(s0.shape, f32)]
     if save_states:  # the state entering every chunk, and every chunk's T (one row per value block)
         out_shape += [jax.ShapeDtypeStruct((rows, nc, dk, dv), f32), jax.ShapeDtypeStruct((rows, tp, c), f32)]
-    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
-                              plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
-                              plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32), plgpu.Barrier(num_barriers=5)])
-    body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, blocks=blocks)
+    scratch = gc.scratch(keys, [plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype),
+                                plgpu.SMEM((c, dv), v.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32),
+                                plgpu.SMEM((dk, dv), f32), plgpu.SMEM((c,), f32), plgpu.Barrier(num_barriers=5)]
+                         + ([plgpu.SMEM((c, c), f32)] if save_states else []))  # T's tile
+    body = functools.partial(_forward_kernel, m=m, keys=keys, save_states=save_states, num_chunks=nc, heads=heads,
+                             blocks=blocks)
     outs = gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
-                 name=gc.kernel_name(m, "fused_fwd", dk, dv, q.dtype))
-    o = gc.values_back(outs[0], bsz, heads)
-    return o, gc.state_back(outs[1], bsz, heads), ((outs[2], outs[3]) if save_states else None)
+                     name=gc.kernel_name(m, "fused_fwd", dk, dv, q.dtype))
+    return outs[0], outs[1], ((outs[2], outs[3]) if save_states else None)
 
 
 def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
@@ -169,26 +178,23 @@ def _backward(q, k, v, g, beta, residual, do, ds_final, *, m, interpret):
     dv = v.shape[-1] // blocks
     c, nc, rows = CHUNK, tp // CHUNK, bsz * heads * blocks
     keys = operand_keys(m, c, dk, dv, backward=True)
-    per_head = [gc.heads_first(q), gc.heads_first(k)] + ([gc.heads_first(g)] if m.gated else []) + [gc.heads_first(beta)]
-    args = per_head[:2] + [gc.values_first(v, blocks)] + per_head[2:] \
-        + [states, t, gc.values_first(do.astype(v.dtype), blocks), gc.state_first(ds_final, blocks)]
-    # With value blocks, dq, dk, dg, dbeta are per-block partials (summed below in fp32).
-    out_shape = [jax.ShapeDtypeStruct((rows, tp, dk), q.dtype), jax.ShapeDtypeStruct((rows, tp, dk), k.dtype),
-                 jax.ShapeDtypeStruct((rows, tp, dv), v.dtype)] \
+    args = [q, k, v] + _vectors(g, beta) + [states, t, do.astype(v.dtype), ds_final]
+    # dq, dk: one partial per value block in the op layout (summed below in fp32); dg, dbeta: per-row partials.
+    out_shape = [gc.partials_shape(q, blocks), gc.partials_shape(k, blocks), jax.ShapeDtypeStruct(v.shape, v.dtype)] \
         + ([jax.ShapeDtypeStruct((rows, tp), f32)] if m.gated else []) \
-        + [jax.ShapeDtypeStruct((rows, tp), f32), jax.ShapeDtypeStruct((rows, dk, dv), f32)]
+        + [jax.ShapeDtypeStruct((rows, tp), f32), jax.ShapeDtypeStruct(ds_final.shape, f32)]
     scratch = gc.scratch(keys, [
         plgpu.SMEM((c, dk), q.dtype), plgpu.SMEM((c, dk), k.dtype), plgpu.SMEM((c, dv), v.dtype),
         plgpu.SMEM((c, dv), v.dtype), plgpu.SMEM((c,), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((dk, dv), f32),
         plgpu.SMEM((2, c), f32), plgpu.SMEM((c,), f32), plgpu.SMEM((c, c), f32), plgpu.Barrier(num_barriers=8)])
-    body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, blocks=blocks)
+    body = functools.partial(_backward_kernel, m=m, keys=keys, num_chunks=nc, heads=heads, blocks=blocks)
     outs = iter(gc.launch(body, args, out_shape, scratch, grid=(rows,), interpret=interpret,
-                      name=gc.kernel_name(m, "fused_bwd", dk, dv, q.dtype)))
-    dq, dk_ = (gc.sum_blocks(next(outs), bsz, heads) for _ in range(2))
-    dv_ = gc.values_back(next(outs), bsz, heads)
+                          name=gc.kernel_name(m, "fused_bwd", dk, dv, q.dtype)))
+    dq, dk_ = gc.sum_partials(next(outs)), gc.sum_partials(next(outs))
+    dv_ = next(outs)
     dg = gc.sum_blocks(next(outs), bsz, heads) if m.gated else None
     dbeta = gc.sum_blocks(next(outs), bsz, heads)
-    return dq, dk_, dv_, dg, dbeta, gc.state_back(next(outs), bsz, heads)
+    return dq, dk_, dv_, dg, dbeta, next(outs)
 
 
 @functools.lru_cache(maxsize=None)

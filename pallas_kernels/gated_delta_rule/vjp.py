@@ -94,7 +94,7 @@ def run(make_pair: Callable[[bool, float, jnp.dtype], KernelPair], q, k, v, g, b
     if dk_p is None or dv_p is None:
         raise ValueError(f"{name}: head dims {dk}, {dv} exceed the kernels' largest ({max(head_dims)})")
     q, k, v = common.pad_last(q, dk_p), common.pad_last(k, dk_p), common.pad_last(v, dv_p)
-    s0 = jnp.pad(s0, ((0, 0), (0, 0), (0, dk_p - dk), (0, dv_p - dv)))
+    s0 = common.pad_state(s0, dk_p, dv_p)
     pair = make_pair(g is not None, scale, dtype)
     o, s_final = _core(pair, pad(q), pad(k), pad(v), None if g is None else pad(g.astype(f32)),
                        pad(beta.astype(f32)), s0)

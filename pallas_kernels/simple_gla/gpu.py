@@ -11,8 +11,12 @@ Three kernels, one warpgroup per program, chunk C = 64 (wgmma's M), bf16 operand
   * gradients, grid (batch*heads, chunks): with both states known every chunk is independent: dq, dk, dv and
     the per-position pieces of the log-decay gradient (see chunk_math.py for the formulas), fully parallel.
 The chunk-local sums that finish dg are three cumsums over [B*H, T] done by XLA (vjp_glue below).
+q, k, v, dO come in and o, dq, dk, dv go out in the op layout [B, T, H, D], read and written in place by TMA
+(a head's rows are H*D apart; `_head`), so XLA never copies them to or from a head-major layout; the decays,
+the states and the dg pieces are head-major [B*H, ...].
 Every wgmma operand is a shared-memory tile (wgmma transposes 16-bit tiles there for the A^T products);
-feeding the left operand from registers would save a store but the GPU interpreter cannot run that form. `interpret=plgpu.InterpretGPUParams()` runs the same kernels on CPU.
+feeding the left operand from registers would save a store but the GPU interpreter cannot run that form.
+`interpret=plgpu.InterpretGPUParams()` runs the same kernels on CPU.
 """
 from __future__ import annotations
 
@@ -79,6 +83,11 @@ def _decay_matrix(b_ref, bcol_ref, c, transpose=False):
     return jnp.where(rows >= cols, jnp.exp(jnp.minimum(br - bc, 0.0)), 0.0)
 
 
+def _head(i, heads):
+    """(batch, head) of program row i: its windows of an op-layout [B, T, H, D] array are ref.at[b, ts, h]."""
+    return lax.div(i, heads), lax.rem(i, heads)
+
+
 def _wait_all(bars, n):
     for i in range(n):
         plgpu.barrier_wait(bars.at[i])
@@ -86,8 +95,10 @@ def _wait_all(bars, n):
 
 # ------------------------------------------------------------------------------------------------ forward
 def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf_ref,
-                  q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bc_s, bars, *, scale, nchunks, states):
+                  q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bc_s, bars, *, scale, nchunks, states,
+                  heads):
     i, j = lax.axis_index("bh"), lax.axis_index("vb")
+    bb, hh = _head(i, heads)
     c, dk = k_s.shape
     vs = pl.ds(j * BV, BV)
     plgpu.copy_gmem_to_smem(s0_ref.at[i, :, vs], st_s, bars.at[0])
@@ -96,13 +107,13 @@ def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf
 
     def step(n, s):
         ts = pl.ds(n * c, c)
-        plgpu.copy_gmem_to_smem(k_ref.at[i, ts], k_s, bars.at[0])
-        plgpu.copy_gmem_to_smem(v_ref.at[i, ts, vs], v_s, bars.at[1])
+        plgpu.copy_gmem_to_smem(k_ref.at[bb, ts, hh], k_s, bars.at[0])
+        plgpu.copy_gmem_to_smem(v_ref.at[bb, ts, hh, vs], v_s, bars.at[1])
         plgpu.copy_gmem_to_smem(b_ref.at[i, ts], b_s, bars.at[2])
         plgpu.copy_gmem_to_smem(r_ref.at[i, ts], r_s, bars.at[3])
         plgpu.copy_gmem_to_smem(ec_ref.at[i, n], ec_s, bars.at[4])
         if not states:
-            plgpu.copy_gmem_to_smem(q_ref.at[i, ts], q_s, bars.at[5])
+            plgpu.copy_gmem_to_smem(q_ref.at[bb, ts, hh], q_s, bars.at[5])
             plgpu.copy_gmem_to_smem(b_ref.at[i, ts], bc_s, bars.at[6])
         _wait_all(bars, 5 if states else 7)
         s_s[...] = s.astype(bf16)
@@ -116,7 +127,7 @@ def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf
             o = _mm(q_s, s_s, c, BV) * _rows(jnp.exp(_row_vec(b_s)) * scale, (c, BV)) + _mm(a_s, v_s, c, BV)
             o_s[...] = o.astype(bf16)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_s, out_ref.at[i, ts, vs])
+            plgpu.copy_smem_to_gmem(o_s, out_ref.at[bb, ts, hh, vs])
         vr_s[...] = (v_s[...].astype(f32) * _rows(_row_vec(r_s), (c, BV))).astype(bf16)
         plgpu.commit_smem()
         s = s * _rows(_row_vec(ec_s), (dk, BV)) + _mm(k_s.transpose((1, 0)), vr_s, dk, BV)
@@ -135,29 +146,30 @@ def _name(stage: str, dk: int, dtype) -> str:
     return f"simple_gla_{stage}_k{dk}_v{BV}_{jnp.dtype(dtype).name}"
 
 
-def _recurrent_call(qh, kh, vh, b, r, ec, s0, *, scale, chunk, states, interpret):
-    bh, tp, dk = kh.shape
-    dv = vh.shape[-1]
+def _recurrent_call(q, k, v, b, r, ec, s0, *, scale, chunk, states, interpret):
+    """q, k, v in the op layout [B, Tp, H, D]; b, r [B*H, Tp]; ec [B*H, N, Dk]; s0 [B*H, Dk, Dv]."""
+    bsz, tp, heads, dk = k.shape
+    bh, dv = bsz * heads, v.shape[-1]
     n = tp // chunk
-    out = (jax.ShapeDtypeStruct((bh, n, dk, dv), bf16) if states
-           else jax.ShapeDtypeStruct((bh, tp, dv), vh.dtype))
+    out = (jax.ShapeDtypeStruct((bh, n, dk, dv), bf16) if states else jax.ShapeDtypeStruct(v.shape, v.dtype))
     scratch = [_tile((chunk, dk)), _tile((chunk, dk)), _tile((chunk, BV)), plgpu.SMEM((chunk,), f32),
                plgpu.SMEM((chunk,), f32), plgpu.SMEM((dk,), f32), plgpu.SMEM((dk, BV), f32), _tile((dk, BV)),
                _tile((chunk, BV)), _tile((chunk, BV)), _tile((chunk, chunk)), plgpu.SMEM((chunk,), f32),
                plgpu.Barrier(num_barriers=7)]
     return plgpu.kernel(
-        functools.partial(_forward_body, scale=scale, nchunks=n, states=states),
+        functools.partial(_forward_body, scale=scale, nchunks=n, states=states, heads=heads),
         out_type=(out, jax.ShapeDtypeStruct((bh, dk, dv), f32)),
         scratch_types=scratch, grid=(bh, dv // BV), grid_names=("bh", "vb"),
         compiler_params=plgpu.CompilerParams(), interpret=interpret,
-        kernel_name=_name("states" if states else "fwd", dk, vh.dtype),
-    )(qh, kh, vh, b, r, ec, s0)
+        kernel_name=_name("states" if states else "fwd", dk, v.dtype),
+    )(q, k, v, b, r, ec, s0)
 
 
 # ------------------------------------------------------------------------------------------------ dS
 def _ds_body(q_ref, do_ref, b_ref, ec_ref, dsf_ref, dh_ref, ds0_ref,
-             q_s, do_s, b_s, ec_s, st_s, qe_s, dh_s, bars, *, scale, nchunks):
+             q_s, do_s, b_s, ec_s, st_s, qe_s, dh_s, bars, *, scale, nchunks, heads):
     i, j = lax.axis_index("bh"), lax.axis_index("vb")
+    bb, hh = _head(i, heads)
     c, dk = q_s.shape
     vs = pl.ds(j * BV, BV)
     plgpu.copy_gmem_to_smem(dsf_ref.at[i, :, vs], st_s, bars.at[0])
@@ -166,8 +178,8 @@ def _ds_body(q_ref, do_ref, b_ref, ec_ref, dsf_ref, dh_ref, ds0_ref,
     def step(m, ds):
         n = nchunks - 1 - m
         ts = pl.ds(n * c, c)
-        plgpu.copy_gmem_to_smem(q_ref.at[i, ts], q_s, bars.at[0])
-        plgpu.copy_gmem_to_smem(do_ref.at[i, ts, vs], do_s, bars.at[1])
+        plgpu.copy_gmem_to_smem(q_ref.at[bb, ts, hh], q_s, bars.at[0])
+        plgpu.copy_gmem_to_smem(do_ref.at[bb, ts, hh, vs], do_s, bars.at[1])
         plgpu.copy_gmem_to_smem(b_ref.at[i, ts], b_s, bars.at[2])
         plgpu.copy_gmem_to_smem(ec_ref.at[i, n], ec_s, bars.at[3])
         dh_s[...] = ds.astype(bf16)  # gradient of the state leaving chunk n
@@ -187,31 +199,33 @@ def _ds_body(q_ref, do_ref, b_ref, ec_ref, dsf_ref, dh_ref, ds0_ref,
     plgpu.wait_smem_to_gmem(0)
 
 
-def _ds_call(qh, do, b, ec, dsf, *, scale, chunk, interpret):
-    bh, tp, dk = qh.shape
-    dv = do.shape[-1]
+def _ds_call(q, do, b, ec, dsf, *, scale, chunk, interpret):
+    bsz, tp, heads, dk = q.shape
+    bh, dv = bsz * heads, do.shape[-1]
     n = tp // chunk
     scratch = [_tile((chunk, dk)), _tile((chunk, BV)), plgpu.SMEM((chunk,), f32), plgpu.SMEM((dk,), f32),
                plgpu.SMEM((dk, BV), f32), _tile((chunk, dk)), _tile((dk, BV)), plgpu.Barrier(num_barriers=4)]
     return plgpu.kernel(
-        functools.partial(_ds_body, scale=scale, nchunks=n),
+        functools.partial(_ds_body, scale=scale, nchunks=n, heads=heads),
         out_type=(jax.ShapeDtypeStruct((bh, n, dk, dv), bf16), jax.ShapeDtypeStruct((bh, dk, dv), f32)),
         scratch_types=scratch, grid=(bh, dv // BV), grid_names=("bh", "vb"),
         compiler_params=plgpu.CompilerParams(), interpret=interpret, kernel_name=_name("dstates", dk, do.dtype),
-    )(qh, do, b, ec, dsf)
+    )(q, do, b, ec, dsf)
 
 
 # ------------------------------------------------------------------------------------------------ gradients
 def _grad_body(q_ref, k_ref, v_ref, do_ref, b_ref, r_ref, h_ref, dh_ref,
                dq_ref, dk_ref, dv_ref, rs_ref, cs_ref, wr_ref,
                q_s, k_s, v_s, do_s, h_s, dh_s, a_s, da_s, oq_s, ok_s, ov_s, b_s, r_s, v1_s, v2_s, v3_s, bc_s, bars,
-               *, scale):
+               *, scale, heads):
     i, n = lax.axis_index("bh"), lax.axis_index("n")
+    bb, hh = _head(i, heads)
     c, dk = q_s.shape
     dv = v_s.shape[1]
     ts = pl.ds(n * c, c)
-    for idx, (src, dst) in enumerate(((q_ref.at[i, ts], q_s), (k_ref.at[i, ts], k_s), (v_ref.at[i, ts], v_s),
-                                      (do_ref.at[i, ts], do_s), (h_ref.at[i, n], h_s), (dh_ref.at[i, n], dh_s),
+    op = lambda ref: ref.at[bb, ts, hh]  # noqa: E731  (this head's rows of an op-layout array)
+    for idx, (src, dst) in enumerate(((op(q_ref), q_s), (op(k_ref), k_s), (op(v_ref), v_s),
+                                      (op(do_ref), do_s), (h_ref.at[i, n], h_s), (dh_ref.at[i, n], dh_s),
                                       (b_ref.at[i, ts], b_s), (r_ref.at[i, ts], r_s), (b_ref.at[i, ts], bc_s))):
         plgpu.copy_gmem_to_smem(src, dst, bars.at[idx])
     _wait_all(bars, 9)
@@ -239,15 +253,15 @@ def _grad_body(q_ref, k_ref, v_ref, do_ref, b_ref, r_ref, h_ref, dh_ref,
     ov_s[...] = dvv.astype(bf16)
     v2_s[...] = jnp.sum(pairs_t, axis=1)
     plgpu.commit_smem()
-    for src, dst in ((oq_s, dq_ref.at[i, ts]), (ok_s, dk_ref.at[i, ts]), (ov_s, dv_ref.at[i, ts]),
+    for src, dst in ((oq_s, op(dq_ref)), (ok_s, op(dk_ref)), (ov_s, op(dv_ref)),
                      (v1_s, rs_ref.at[i, ts]), (v2_s, cs_ref.at[i, ts]), (v3_s, wr_ref.at[i, ts])):
         plgpu.copy_smem_to_gmem(src, dst)
     plgpu.wait_smem_to_gmem(0)
 
 
-def _grad_call(qh, kh, vh, do, b, r, h, dh, *, scale, chunk, interpret):
-    bh, tp, dk = qh.shape
-    dv = vh.shape[-1]
+def _grad_call(q, k, v, do, b, r, h, dh, *, scale, chunk, interpret):
+    bsz, tp, heads, dk = q.shape
+    bh, dv = bsz * heads, v.shape[-1]
     n = tp // chunk
     vec = jax.ShapeDtypeStruct((bh, tp), f32)
     scratch = [_tile((chunk, dk)), _tile((chunk, dk)), _tile((chunk, dv)), _tile((chunk, dv)), _tile((dk, dv)),
@@ -255,12 +269,12 @@ def _grad_call(qh, kh, vh, do, b, r, h, dh, *, scale, chunk, interpret):
                _tile((chunk, dk)), _tile((chunk, dv))] + [plgpu.SMEM((chunk,), f32)] * 6 + [
                    plgpu.Barrier(num_barriers=9)]
     return plgpu.kernel(
-        functools.partial(_grad_body, scale=scale),
-        out_type=(jax.ShapeDtypeStruct(qh.shape, qh.dtype), jax.ShapeDtypeStruct(kh.shape, kh.dtype),
-                  jax.ShapeDtypeStruct(vh.shape, vh.dtype), vec, vec, vec),
+        functools.partial(_grad_body, scale=scale, heads=heads),
+        out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
+                  jax.ShapeDtypeStruct(v.shape, v.dtype), vec, vec, vec),
         scratch_types=scratch, grid=(bh, n), grid_names=("bh", "n"),
-        compiler_params=plgpu.CompilerParams(), interpret=interpret, kernel_name=_name("grads", dk, qh.dtype),
-    )(qh, kh, vh, do, b, r, h, dh)
+        compiler_params=plgpu.CompilerParams(), interpret=interpret, kernel_name=_name("grads", dk, q.dtype),
+    )(q, k, v, do, b, r, h, dh)
 
 
 # ------------------------------------------------------------------------------------------------ glue
@@ -274,23 +288,24 @@ def _decays(gc, dk, chunk):
     return r, ec
 
 
-def forward(qh, kh, vh, gc, s0, *, scale, chunk, interpret):
-    r, ec = _decays(gc, kh.shape[-1], chunk)
-    return _recurrent_call(qh, kh, vh, gc, r, ec, s0, scale=scale, chunk=chunk, states=False, interpret=interpret)
+def forward(q, k, v, gc, s0, *, scale, chunk, interpret):
+    r, ec = _decays(gc, k.shape[-1], chunk)
+    return _recurrent_call(q, k, v, gc, r, ec, s0, scale=scale, chunk=chunk, states=False, interpret=interpret)
 
 
-def states(kh, vh, gc, s0, *, chunk, interpret):
-    r, ec = _decays(gc, kh.shape[-1], chunk)
-    h, _ = _recurrent_call(kh, kh, vh, gc, r, ec, s0, scale=1.0, chunk=chunk, states=True, interpret=interpret)
+def states(k, v, gc, s0, *, chunk, interpret):
+    r, ec = _decays(gc, k.shape[-1], chunk)
+    h, _ = _recurrent_call(k, k, v, gc, r, ec, s0, scale=1.0, chunk=chunk, states=True, interpret=interpret)
     return h
 
 
-def backward(qh, kh, vh, gc, h, do, dsf, *, scale, chunk, interpret):
-    bh, tp, dk = qh.shape
+def backward(q, k, v, gc, h, do, dsf, *, scale, chunk, interpret):
+    """q, k, v, do in the op layout [B, Tp, H, D]; gc [B*H, Tp]; h [B*H, N, Dk, Dv]; dsf [B*H, Dk, Dv]."""
+    bh, tp = gc.shape
     n = tp // chunk
-    r, ec = _decays(gc, dk, chunk)
-    dh, ds0 = _ds_call(qh, do, gc, ec, dsf, scale=scale, chunk=chunk, interpret=interpret)
-    dq, dk_, dv, rs, cs, wr = _grad_call(qh, kh, vh, do, gc, r, h, dh, scale=scale, chunk=chunk,
+    r, ec = _decays(gc, q.shape[-1], chunk)
+    dh, ds0 = _ds_call(q, do, gc, ec, dsf, scale=scale, chunk=chunk, interpret=interpret)
+    dq, dk_, dv, rs, cs, wr = _grad_call(q, k, v, do, gc, r, h, dh, scale=scale, chunk=chunk,
                                          interpret=interpret)
     # dg_t = sum_{s>=t in chunk} (rowsum - colsum of the pair terms + reads)_s + sum_{j<t in chunk} writes_j
     #        + <dS_n, exp(b_C) S_n>   (see chunk_math.chunk_backward)
@@ -316,7 +331,7 @@ def simple_gla_gpu(q, k, v, g, *, scale=None, initial_state=None, output_final_s
         raise ValueError(f"simple_gla gpu kernel: chunk_size must be 64 (wgmma's M), got {chunk_size}")
     return vjp.run(_core, q, k, v, g, scale=scale, initial_state=initial_state,
                    output_final_state=output_final_state, chunk_size=chunk_size, interpret=interpret,
-                   head_dims=GPU_HEAD_DIMS)
+                   head_dims=GPU_HEAD_DIMS, op_layout=True)
 
 
 def applies(q, k, v, g, *, chunk_size=64, check_device=True, **_) -> bool:

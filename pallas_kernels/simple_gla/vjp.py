@@ -1,6 +1,8 @@
 """custom_vjp wiring shared by the Pallas simple-GLA kernels (TPU and GPU).
 
-A backend supplies three kernels on the head-major layout [BH, Tp, D] (Tp a multiple of the chunk):
+A backend supplies three kernels on the head-major layout [BH, Tp, D] (Tp a multiple of the chunk), or with
+run(..., op_layout=True) on q, k, v, dO, o, dq, dk, dv in the op layout [B, Tp, H, D] (the GPU kernels read and
+write it in place by TMA; the decays and states stay head-major either way):
     forward(qh, kh, vh, gc, s0)      -> o [BH, Tp, Dv] (dtype of v), final state [BH, Dk, Dv] f32
     states(kh, vh, gc, s0)           -> h [BH, N, Dk, Dv] f32, the state entering each chunk
     backward(qh, kh, vh, gc, h, do, dsT)
@@ -73,9 +75,10 @@ def head_major(x: jax.Array, chunk: int) -> jax.Array:
 
 
 def run(core, q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, chunk_size=64,
-        interpret: Any = False, head_dims=(32, 64, 128, 256)):
+        interpret: Any = False, head_dims=(32, 64, 128, 256), op_layout: bool = False):
     """The ops-level signature on top of a core from make_core: checks, padding (time to the chunk, head dims up
-    to the smallest of `head_dims` that holds them: exact, see common.kernel_head_dim), layout, state in/out."""
+    to the smallest of `head_dims` that holds them: exact, see common.kernel_head_dim), layout, state in/out.
+    op_layout: the core takes q, k, v as [B, Tp, H, D] and returns o so (no head-major copies)."""
     common.check_qkv("simple_gla", q, k, v, ("g", g))
     common.check_state("simple_gla", initial_state, q, v)
     bsz, seqlen, heads, dk = q.shape
@@ -89,12 +92,13 @@ def run(core, q, k, v, g, *, scale=None, initial_state=None, output_final_state=
         raise ValueError(f"simple_gla: head dims {dk}, {dv} exceed the kernels' largest ({max(head_dims)})")
     q, k, v = common.pad_last(q, dk_p), common.pad_last(k, dk_p), common.pad_last(v, dv_p)
     s0 = (jnp.zeros((bsz * heads, dk_p, dv_p), f32) if initial_state is None
-          else jnp.pad(initial_state.astype(f32).reshape(bsz * heads, dk, dv),
-                       ((0, 0), (0, dk_p - dk), (0, dv_p - dv))))
+          else common.pad_state(initial_state.astype(f32).reshape(bsz * heads, dk, dv), dk_p, dv_p))
     gh = head_major(g.astype(f32), chunk_size)
-    o, s_final = core(head_major(q, chunk_size), head_major(k, chunk_size), head_major(v, chunk_size), gh, s0,
-                      scale, chunk_size, interpret)
-    o = jnp.moveaxis(o.reshape(bsz, heads, -1, dv_p), 1, 2)[:, :seqlen, :, :dv].astype(out_dtype)
+    layout = (lambda x: common.pad_time(x, chunk_size)) if op_layout else (lambda x: head_major(x, chunk_size))  # noqa
+    o, s_final = core(layout(q), layout(k), layout(v), gh, s0, scale, chunk_size, interpret)
+    if not op_layout:
+        o = jnp.moveaxis(o.reshape(bsz, heads, -1, dv_p), 1, 2)
+    o = o[:, :seqlen, :, :dv].astype(out_dtype)
     if output_final_state:
         return o, s_final[:, :dk, :dv].reshape(bsz, heads, dk, dv)
     return o
