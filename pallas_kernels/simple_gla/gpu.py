@@ -5,7 +5,8 @@ Three kernels, one warpgroup per program, chunk C = 64 (wgmma's M), bf16 operand
     loop runs inside the kernel (a GPU grid has no order); per chunk the inputs come in by TMA, the state goes to
     shared memory as bf16 once for Q S, and S' = exp(b_C) S + K^T (r * V) accumulates on the tensor cores.
     Splitting Dv in 64-wide blocks (as flash-linear-attention does) keeps the state at 32 registers a thread
-    per 64 rows of Dk. In "states" mode it writes the state entering every chunk (bf16) instead of outputs.
+    per 64 rows of Dk. It writes the outputs, the state entering every chunk (bf16), or both: under
+    differentiation the forward writes both, so the backward has the states without a second sweep.
   * dS, grid (batch*heads, Dv/64): the reverse recurrence dS_{n-1} = exp(b_C) dS_n + scale (Q*e)^T dO_n, writing
     the gradient of the state leaving every chunk (bf16) and the gradient of the initial state (fp32).
   * gradients, grid (batch*heads, chunks): with both states known every chunk is independent: dq, dk, dv and
@@ -94,9 +95,14 @@ def _wait_all(bars, n):
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf_ref,
-                  q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bc_s, bars, *, scale, nchunks, states,
-                  heads):
+def _forward_body(*refs, scale, nchunks, outputs, states, heads):
+    """outputs: write o; states: write the (bf16) state entering every chunk (one or both)."""
+    it = iter(refs)
+    q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref = (next(it) for _ in range(7))
+    out_ref = next(it) if outputs else None
+    h_ref = next(it) if states else None
+    sf_ref = next(it)
+    q_s, k_s, v_s, b_s, r_s, ec_s, st_s, s_s, vr_s, o_s, a_s, bc_s, bars = it
     i, j = lax.axis_index("bh"), lax.axis_index("vb")
     bb, hh = _head(i, heads)
     c, dk = k_s.shape
@@ -112,15 +118,15 @@ def _forward_body(q_ref, k_ref, v_ref, b_ref, r_ref, ec_ref, s0_ref, out_ref, sf
         plgpu.copy_gmem_to_smem(b_ref.at[i, ts], b_s, bars.at[2])
         plgpu.copy_gmem_to_smem(r_ref.at[i, ts], r_s, bars.at[3])
         plgpu.copy_gmem_to_smem(ec_ref.at[i, n], ec_s, bars.at[4])
-        if not states:
+        if outputs:
             plgpu.copy_gmem_to_smem(q_ref.at[bb, ts, hh], q_s, bars.at[5])
             plgpu.copy_gmem_to_smem(b_ref.at[i, ts], bc_s, bars.at[6])
-        _wait_all(bars, 5 if states else 7)
+        _wait_all(bars, 7 if outputs else 5)
         s_s[...] = s.astype(bf16)
         plgpu.commit_smem()
         if states:  # the state entering chunk n, for the backward
-            plgpu.copy_smem_to_gmem(s_s, out_ref.at[i, n, :, vs])
-        else:
+            plgpu.copy_smem_to_gmem(s_s, h_ref.at[i, n, :, vs])
+        if outputs:
             a = _mm(q_s, k_s.transpose((1, 0)), c, c) * (_decay_matrix(b_s, bc_s, c) * scale)
             a_s[...] = a.astype(bf16)
             plgpu.commit_smem()
@@ -146,22 +152,25 @@ def _name(stage: str, dk: int, dtype) -> str:
     return f"simple_gla_{stage}_k{dk}_v{BV}_{jnp.dtype(dtype).name}"
 
 
-def _recurrent_call(q, k, v, b, r, ec, s0, *, scale, chunk, states, interpret):
-    """q, k, v in the op layout [B, Tp, H, D]; b, r [B*H, Tp]; ec [B*H, N, Dk]; s0 [B*H, Dk, Dv]."""
+def _recurrent_call(q, k, v, b, r, ec, s0, *, scale, chunk, outputs, states, interpret):
+    """q, k, v in the op layout [B, Tp, H, D]; b, r [B*H, Tp]; ec [B*H, N, Dk]; s0 [B*H, Dk, Dv].
+    Returns (o if outputs, the bf16 states [B*H, N, Dk, Dv] entering every chunk if states, the final state)."""
     bsz, tp, heads, dk = k.shape
     bh, dv = bsz * heads, v.shape[-1]
     n = tp // chunk
-    out = (jax.ShapeDtypeStruct((bh, n, dk, dv), bf16) if states else jax.ShapeDtypeStruct(v.shape, v.dtype))
+    out = ([jax.ShapeDtypeStruct(v.shape, v.dtype)] if outputs else []) \
+        + ([jax.ShapeDtypeStruct((bh, n, dk, dv), bf16)] if states else [])
     scratch = [_tile((chunk, dk)), _tile((chunk, dk)), _tile((chunk, BV)), plgpu.SMEM((chunk,), f32),
                plgpu.SMEM((chunk,), f32), plgpu.SMEM((dk,), f32), plgpu.SMEM((dk, BV), f32), _tile((dk, BV)),
                _tile((chunk, BV)), _tile((chunk, BV)), _tile((chunk, chunk)), plgpu.SMEM((chunk,), f32),
                plgpu.Barrier(num_barriers=7)]
     return plgpu.kernel(
-        functools.partial(_forward_body, scale=scale, nchunks=n, states=states, heads=heads),
-        out_type=(out, jax.ShapeDtypeStruct((bh, dk, dv), f32)),
+        functools.partial(_forward_body, scale=scale, nchunks=n, outputs=outputs, states=states, heads=heads),
+        out_type=(*out, jax.ShapeDtypeStruct((bh, dk, dv), f32)),
         scratch_types=scratch, grid=(bh, dv // BV), grid_names=("bh", "vb"),
         compiler_params=plgpu.CompilerParams(), interpret=interpret,
-        kernel_name=_name("states" if states else "fwd", dk, v.dtype),
+        kernel_name=_name({(True, False): "fwd", (False, True): "states", (True, True): "fwd_states"}[outputs, states],
+                          dk, v.dtype),
     )(q, k, v, b, r, ec, s0)
 
 
@@ -290,12 +299,22 @@ def _decays(gc, dk, chunk):
 
 def forward(q, k, v, gc, s0, *, scale, chunk, interpret):
     r, ec = _decays(gc, k.shape[-1], chunk)
-    return _recurrent_call(q, k, v, gc, r, ec, s0, scale=scale, chunk=chunk, states=False, interpret=interpret)
+    return _recurrent_call(q, k, v, gc, r, ec, s0, scale=scale, chunk=chunk, outputs=True, states=False,
+                           interpret=interpret)
+
+
+def forward_saving_states(q, k, v, gc, s0, *, scale, chunk, interpret):
+    """The forward under differentiation: also writes the bf16 state entering every chunk for the backward, which
+    then skips the states sweep (one TMA store per chunk here, against a second pass over k, v there)."""
+    r, ec = _decays(gc, k.shape[-1], chunk)
+    return _recurrent_call(q, k, v, gc, r, ec, s0, scale=scale, chunk=chunk, outputs=True, states=True,
+                           interpret=interpret)
 
 
 def states(k, v, gc, s0, *, chunk, interpret):
     r, ec = _decays(gc, k.shape[-1], chunk)
-    h, _ = _recurrent_call(k, k, v, gc, r, ec, s0, scale=1.0, chunk=chunk, states=True, interpret=interpret)
+    h, _ = _recurrent_call(k, k, v, gc, r, ec, s0, scale=1.0, chunk=chunk, outputs=False, states=True,
+                           interpret=interpret)
     return h
 
 
@@ -317,7 +336,7 @@ def backward(q, k, v, gc, h, do, dsf, *, scale, chunk, interpret):
     return dq, dk_, dv, dg.reshape(bh, tp), ds0
 
 
-KERNELS = vjp.KernelSet(forward=forward, states=states, backward=backward)
+KERNELS = vjp.KernelSet(forward=forward, states=states, backward=backward, forward_saving_states=forward_saving_states)
 _core = vjp.make_core(KERNELS)
 
 

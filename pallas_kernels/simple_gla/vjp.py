@@ -9,8 +9,11 @@ write it in place by TMA; the decays and states stay head-major either way):
                                      -> dq, dk, dv (input dtypes), dg [BH, Tp] f32, ds0 [BH, Dk, Dv] f32
 where gc is the chunk-local cumulative log decay (f32). The backward kernel runs the chunks in reverse, carrying
 dS (the gradient of the state leaving a chunk); it forms dg per chunk from the pair terms that cross each step
-(chunk_math.chunk_backward), all in fp32. The states are recomputed in the backward rather than saved, so the
-forward keeps only its inputs (flash-linear-attention does the same).
+(chunk_math.chunk_backward), all in fp32. A backend may also supply
+    forward_saving_states(qh, kh, vh, gc, s0) -> (o, h, final state)
+which writes the states on its way (the GPU kernels: one store per chunk) so the backward skips the states sweep,
+keeping h (bf16 where the backend writes bf16) as a residual. Without it the states are recomputed in the
+backward, and the forward keeps only its inputs.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class KernelSet:
     forward: Callable[..., tuple[jax.Array, jax.Array]]
     states: Callable[..., jax.Array]
     backward: Callable[..., tuple[jax.Array, ...]]
+    forward_saving_states: Callable[..., tuple[jax.Array, jax.Array, jax.Array]] | None = None
 
 
 def local_cumsum(gh: jax.Array, chunk: int) -> jax.Array:
@@ -50,14 +54,19 @@ def make_core(kernels: KernelSet):
 
     def fwd(qh, kh, vh, gh, s0, scale, chunk, interpret):
         gc = local_cumsum(gh, chunk)
+        if kernels.forward_saving_states is not None:
+            o, h, s_final = kernels.forward_saving_states(qh, kh, vh, gc, s0, scale=scale, chunk=chunk,
+                                                          interpret=interpret)
+            return (o, s_final), (qh, kh, vh, gh, s0, h)
         o, s_final = kernels.forward(qh, kh, vh, gc, s0, scale=scale, chunk=chunk, interpret=interpret)
-        return (o, s_final), (qh, kh, vh, gh, s0)
+        return (o, s_final), (qh, kh, vh, gh, s0, None)
 
     def bwd(scale, chunk, interpret, res, cts):
-        qh, kh, vh, gh, s0 = res
+        qh, kh, vh, gh, s0, h = res
         do, ds_final = cts
         gc = local_cumsum(gh, chunk)
-        h = kernels.states(kh, vh, gc, s0, chunk=chunk, interpret=interpret)
+        if h is None:
+            h = kernels.states(kh, vh, gc, s0, chunk=chunk, interpret=interpret)
         dq, dk, dv, dg, ds0 = kernels.backward(qh, kh, vh, gc, h, do.astype(vh.dtype), ds_final.astype(f32),
                                                scale=scale, chunk=chunk, interpret=interpret)
         return (dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), dg.astype(gh.dtype),
