@@ -19,7 +19,9 @@ Floors (written out, per head-token, chunk C = 64, bf16 inputs, fp32 decays/beta
   (4 B each), writes o; the backward also reads do and q, k, v, gates again and writes dq, dk, dv, d-gates.
   floor = max(bytes / --peak_bw, FLOPs / --peak_flops), defaults 3 TB/s and 790 TFLOP/s (H100 bf16 dense-ish).
 A table is printed and saved as bench/results/kernels_<device>_<date>.{md,json}; a failing implementation or a
-missing fla gives a row with its error, not a crash.
+missing fla gives a row with its error, not a crash. With --profile (default: the Pallas implementations) each
+such case's fwd+bwd also runs under jax.profiler, and a second table lists its kernels' device time per call
+(bench/device_profile.py): which kernel, or which XLA glue around it, to work on next.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import device_profile  # noqa: E402
 
 OPS = ("delta_rule", "gated_delta_rule", "simple_gla")
 GATES = {"delta_rule": ("beta",), "gated_delta_rule": ("g", "beta"), "simple_gla": ("g",)}
@@ -120,8 +125,9 @@ def time_jax(f, args, iters, warmup):
     return 1e3 * float(np.median(ts))
 
 
-def jax_cases(op, shape, impls, a) -> list[dict]:
-    """Times each JAX implementation of one op and shape; the Pallas output is checked against XLA's."""
+def jax_cases(op, shape, impls, a, to_profile: list) -> list[dict]:
+    """Times each JAX implementation of one op and shape; the Pallas output is checked against XLA's.
+    Cases of a.profile_impls are appended to to_profile as (row, fwd+bwd function, args)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -137,6 +143,8 @@ def jax_cases(op, shape, impls, a) -> list[dict]:
                                     argnums=tuple(range(len(args)))))
             row["fwd_ms"] = time_jax(fwd, args, a.iters, a.warmup)
             row["fb_ms"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup)
+            if impl in a.profile_impls:  # profiled after every case is timed and saved (main)
+                to_profile.append((row, grad, args))
             out = np.asarray(fwd(*args), np.float64)
             if impl == "xla":
                 ref = out
@@ -251,6 +259,10 @@ def save(rows, impls, a, device, today, stem) -> str:
     text = (f"# Kernels: Pallas vs XLA vs fla, bf16, chunk {CHUNK}; device {device}; jax {jax.__version__}; {today}\n\n"
             f"{table(rows)}\n\nFloors at {a.peak_bw / 1e12:.1f} TB/s and {a.peak_flops / 1e12:.0f} TFLOP/s; "
             "FLOP and byte models in bench/kernels.py's docstring.\n")
+    profiled = [(f"{r['op']} {r['shape']} {r['impl']}", r["profile"]) for r in rows if "profile" in r]
+    if profiled:
+        text += ("\n## Where the fwd+bwd time goes (jax.profiler, 3 calls; bench/device_profile.py)\n\n"
+                 f"{device_profile.table(profiled)}\n")
     with open(stem + ".md", "w") as f:
         f.write(text)
     with open(stem + ".json", "w") as f:
@@ -271,11 +283,17 @@ def main(argv=None):
     ap.add_argument("--peak_bw", type=float, default=3e12, help="bytes/s used for the floor")
     ap.add_argument("--peak_flops", type=float, default=790e12, help="FLOP/s used for the floor")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--profile", default="pallas,pallas_fused",
+                    help="implementations whose fwd+bwd also runs under the profiler (kernel breakdown); '' for none")
     ap.add_argument("--fla_child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.shapes = a.shapes or (SMOKE_SHAPES if a.smoke else SHAPES)
     a.iters = a.iters or (2 if a.smoke else 20)
     impls = (a.impls or ("xla" if a.smoke else "pallas,pallas_fused,xla,fla")).split(",")
+    a.profile_impls = [i for i in a.profile.split(",") if i]
+    for impl in a.profile_impls:
+        if impl not in JAX_IMPLS:
+            raise ValueError(f"--profile: unknown implementation {impl!r}; choose from {', '.join(JAX_IMPLS)}")
     for op in a.ops.split(","):
         if op not in OPS:
             raise ValueError(f"--ops: unknown op {op!r}; choose from {OPS}")
@@ -296,10 +314,15 @@ def main(argv=None):
     today = datetime.date.today().isoformat()
     stem = os.path.join(a.out, f"kernels_{device.replace(' ', '_')}_{today}{'_smoke' if a.smoke else ''}")
     os.makedirs(a.out, exist_ok=True)
+    to_profile = []
     for op in a.ops.split(","):
         for shape in parse_shapes(a.shapes):
             mine = [i for i in impls if i in JAX_IMPLS and (i != "pallas_fused" or op != "simple_gla")]
-            rows.extend(jax_cases(op, shape, mine, a))
+            rows.extend(jax_cases(op, shape, mine, a, to_profile))
+        save(rows, impls, a, device, today, stem)
+    # The kernel breakdowns last: a profiler that fails or crashes the process costs no timing row.
+    for row, grad, args in to_profile:
+        row["profile"] = device_profile.profile(grad, args, iters=3)
         save(rows, impls, a, device, today, stem)
     text = save(rows, impls, a, device, today, stem)
     print(text)

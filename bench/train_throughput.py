@@ -9,7 +9,9 @@ time, MFU (FLOPs from the compiled step's XLA cost analysis, or 6ND + attention 
 peak device memory. With --fla it runs bench/fla_throughput.py in a subprocess at the same sizes and prints
 the ratio. --ops_impls=auto,xla times each design once per aira_jax.ops implementation (auto: the Pallas kernel
 wherever one applies, vs the XLA chunked path) in the same run; each row lists the path every op took.
-A table is printed and saved as bench/results/train_throughput_<date>_<device>.{md,json}.
+A table is printed and saved as bench/results/train_throughput_<date>_<device>.{md,json}. With --profile (default
+on a GPU) two more steps of each case run under jax.profiler and a second table lists the step's kernels by
+device time (bench/device_profile.py): where a model-level gap to fla comes from.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import device_profile  # noqa: E402
 
 from aira_jax import ops  # noqa: E402
 from aira_jax.ops import dispatch  # noqa: E402
@@ -86,7 +91,12 @@ def jax_case(design: str, a, batch: int) -> dict:
     flops_src = "xla"
   peak = metrics_lib.peak_flops_per_device()
   mem, mem_kind = metrics_lib.peak_memory_bytes()
-  return {"system": f"aira_jax_{design}", "batch": batch, "seq": a.seq, "params": setup.num_params,
+  carry = {"state": state}
+
+  def one_step():  # for the profile (main); the step donates its state, so each call carries it on
+    carry["state"], out = compiled(carry["state"], {"tokens": tokens}, lr)
+    return out
+  return {"_one_step": one_step, "system": f"aira_jax_{design}", "batch": batch, "seq": a.seq, "params": setup.num_params,
           "step_ms": dt * 1e3, "tokens_per_s": tokens_per_step / dt, "compile_s": compile_s,
           "mfu": (flops / dt / (peak * jax.device_count())) if peak else None, "flops_per_step": flops,
           "flops_source": flops_src, "peak_gib": (mem / 2**30) if mem else None, "memory_kind": mem_kind,
@@ -132,6 +142,8 @@ def main(argv=None):
   ap.add_argument("--dtype", default=None)
   ap.add_argument("--fla", action=argparse.BooleanOptionalAction, default=jax.default_backend() == "gpu")
   ap.add_argument("--fla_timeout", type=int, default=300)
+  ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=jax.default_backend() == "gpu",
+                  help="also profile two steps of each case: the step's kernels by device time")
   ap.add_argument("--ops_impls", default="auto", help="comma list of aira_jax.ops impls to time: auto,kernel,xla")
   ap.add_argument("--cases", default=None,
                   help="comma list of design[:impl] (impl default auto), e.g. deltanet,deltanet:xla,attention; "
@@ -155,6 +167,7 @@ def main(argv=None):
         dispatch._logged.clear()  # dispatch logs each choice once; clearing makes this case's choices visible
         with ops.use_impl(impl):  # dispatch happens at trace time, inside this context
           rows.append(jax_case(design, a, batch))
+        one_step = rows[-1].pop("_one_step")
         rows[-1]["system"] += suffix
         # Which path each op took (e.g. whether the Pallas kernel applied at this head dim).
         rows[-1]["op_paths"] = sorted(f"{op}:{path}" for op, path, _ in dispatch._logged)
@@ -163,6 +176,9 @@ def main(argv=None):
                      "error": f"{type(e).__name__}: {e}"[:300]})
       print(json.dumps(rows[-1]), flush=True)
       save(stem, a, rows, device)  # after every row: a run stopped by a time limit keeps what it measured
+      if a.profile and "error" not in rows[-1]:  # after the save: a profiler that crashes loses no timing
+        rows[-1]["profile"] = device_profile.profile(one_step, (), iters=2, top=15)
+        save(stem, a, rows, device)
   if a.fla:
     rows.extend(fla_cases(a))
   print(save(stem, a, rows, device))
@@ -183,6 +199,10 @@ def save(stem: str, a, rows: list[dict], device: str) -> str:
   text = (f"# Training throughput, {a.preset}: d_model {a.d_model}, {a.num_layers} layers, {a.num_heads} heads, "
           f"vocab {a.vocab}, T={a.seq}, {a.dtype}; device {device}; jax {jax.__version__}; "
           f"{datetime.date.today()}\n\n{table(rows)}\n")
+  profiled = [(f"{r['system']} b{r['batch']}", r["profile"]) for r in rows if "profile" in r]
+  if profiled:
+    text += ("\n## Where a training step's time goes (jax.profiler, 2 steps; bench/device_profile.py)\n\n"
+             f"{device_profile.table(profiled)}\n")
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   with open(stem + ".md", "w") as f:
     f.write(text)

@@ -43,3 +43,37 @@ def test_models_and_bad_shapes():
     assert bench.model("delta_rule", (1, 64, 1, 64))["fwd_flops"] > small["fwd_flops"]
     with pytest.raises(ValueError, match="BxTxHxD"):
         bench.parse_shapes("8x2048x8")
+
+
+def load_profile():
+    spec = importlib.util.spec_from_file_location("device_profile", os.path.join(ROOT, "bench", "device_profile.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_profile_breakdown_lands_in_the_table(tmp_path):
+    """--profile=xla on CPU: the host fallback still names XLA's ops; the breakdown goes to the md and the json."""
+    bench = load_bench()
+    rows = bench.main(["--smoke", "--ops=delta_rule", "--impls=xla", "--profile=xla", "--iters=1", "--warmup=0",
+                       f"--out={tmp_path}"])
+    prof = rows[0]["profile"]
+    assert "error" not in prof, prof
+    assert prof["source"] == "host" and prof["kernels"] and prof["busy_us"] > 0 and prof["wall_ms"] > 0
+    assert abs(sum(r["share"] for r in prof["kernels"]) - 1) < 1e-6 or prof["other_kernels"] > 0
+    text = next(p for p in tmp_path.iterdir() if p.suffix == ".md").read_text()
+    assert "Where the fwd+bwd time goes" in text and "delta_rule B1·T64·H1·D16 xla" in text
+    with pytest.raises(ValueError, match="--profile: unknown implementation 'fla'"):
+        bench.main(["--smoke", "--profile=fla", f"--out={tmp_path}"])
+
+
+def test_profile_sums_per_call_and_never_raises():
+    prof = load_profile()
+    rows = prof.summarize([("a", 3000.0), ("b", 1000.0), ("a", 3000.0), ("b", 1000.0)], calls=2)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[0]["launches"] == 1 and rows[0]["us"] == 3.0 and rows[0]["share"] == 0.75
+
+    def broken(x):
+        raise RuntimeError("kernel exploded")
+    out = prof.profile(broken, (1,))
+    assert out == {"error": "RuntimeError: kernel exploded"}

@@ -33,6 +33,20 @@ def test_cases_are_timed_with_their_op_path_and_saved(tmp_path):
     assert any(p.startswith("delta_rule:xla") for p in rows[1]["op_paths"]), rows[1]["op_paths"]
     md = js.with_suffix(".md").read_text()
     assert md.startswith("# Training throughput, tiny_cpu") and "aira_jax_deltanet_xla" in md
+    assert "profile" not in rows[0] and "Where a training step" not in md  # off by default on CPU
+
+
+def test_profile_adds_the_steps_kernel_breakdown(tmp_path):
+    """--profile runs two more (donating) steps under the profiler: the breakdown lands in the row and the table."""
+    mod = _load()
+    mod.main(["--preset=tiny_cpu", "--d_model=32", "--num_layers=1", "--num_heads=2", "--seq=32", "--batches=2",
+              "--steps=1", "--warmup=1", "--no-fla", "--cases=deltanet", "--profile", f"--out={tmp_path}"])
+    (js,) = list(tmp_path.glob("train_throughput_*.json"))
+    (row,) = json.loads(js.read_text())["rows"]
+    prof = row["profile"]
+    assert "error" not in prof, prof
+    assert prof["source"] == "host" and prof["iters"] == 2 and prof["kernels"] and prof["busy_us"] > 0
+    assert "Where a training step's time goes" in js.with_suffix(".md").read_text()
 
 
 def test_bad_cases_are_a_usage_error(tmp_path, capsys):
