@@ -63,9 +63,13 @@ part compose "$PYBIN" -m aira_jax.compose --config=configs/compose_tiny.py --wor
   --config.engineer.train.train.seq_len=32 --config.engineer.train.train.global_batch=4 \
   --config.engineer.train.train.max_steps=8 --config.engineer.train.train.warmup_steps=2 \
   --config.engineer.train.train.eval_batches=1 --config.engineer.train.data.val_docs=8
-part kernels_smoke "$PYBIN" bench/kernels.py --smoke --out="$OUT"
+# --profile: the profiler breakdowns the device run prints by default (here from the host threads' events).
+part kernels_smoke "$PYBIN" bench/kernels.py --smoke --profile=xla --out="$OUT"
+if ! grep -q "Where the fwd+bwd time goes" "$OUT/kernels_smoke.log"; then
+  echo "FAILED: kernels_smoke printed no profile breakdown"; FAILED+=("kernels_smoke (profile)")
+fi
 part train_throughput "$PYBIN" bench/train_throughput.py --preset=tiny_cpu --d_model=32 --num_layers=1 --seq=32 \
-  --batches=2 --steps=2 --warmup=1 --no-fla --cases=deltanet,attention --out="$OUT"
+  --batches=2 --steps=2 --warmup=1 --no-fla --cases=deltanet,attention --profile --out="$OUT"
 # lm-eval's closure from its two carries (.whl_lm1/, .whl_lm2/), as the suite's harness call installs it: the
 # bridge must import and lm-eval must drive the model (harness_speed's quick mode prints an lm-eval row).
 if ls .whl_lm1/*.whl .whl_lm2/*.whl >/dev/null 2>&1; then
