@@ -8,8 +8,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(ROOT, "bench", "kernels.py"))
+def load_bench(name="kernels"):
+    """A bench/ script as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -45,13 +46,6 @@ def test_models_and_bad_shapes():
         bench.parse_shapes("8x2048x8")
 
 
-def load_profile():
-    spec = importlib.util.spec_from_file_location("device_profile", os.path.join(ROOT, "bench", "device_profile.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_profile_breakdown_lands_in_the_table(tmp_path):
     """--profile=xla on CPU: the host fallback still names XLA's ops; the breakdown goes to the md and the json."""
     bench = load_bench()
@@ -68,7 +62,7 @@ def test_profile_breakdown_lands_in_the_table(tmp_path):
 
 
 def test_profile_sums_per_call_and_never_raises():
-    prof = load_profile()
+    prof = load_bench("device_profile")
     rows = prof.summarize([("a", 3000.0), ("b", 1000.0), ("a", 3000.0), ("b", 1000.0)], calls=2)
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[0]["launches"] == 1 and rows[0]["us"] == 3.0 and rows[0]["share"] == 0.75
