@@ -1,4 +1,4 @@
-"""Items/s of the harness port vs lm-eval driving the same JAX model (one plain jitted forward per request).
+"""Items/s of the harness port vs lm-eval driving the same JAX model (plain jitted forwards, batch 1 and batched).
 
     python bench/harness_speed.py --data_dir=/path/to/harness            # GPU: explore scale, 500 docs/task
     python bench/harness_speed.py --quick                                # CPU smoke check, about a minute
@@ -8,9 +8,11 @@ mixer) with random weights (speed does not depend on them) and a sentencepiece t
 pieces trained on the folder's WikiText file in a second (or --spm_model). Runs offline; lm-eval is optional
 (without it only the port is timed).
 
-Timing: the port is timed twice on the same documents, cold (compiles included) and warm; lm-eval runs once
-after its per-request forward is compiled for every padded length it can meet, so neither side's number is
-compile time. Items are documents. Writes bench/results/harness_speed_<date>[_quick].{json,md}.
+Timing: the port is timed twice on the same documents, cold (compiles included) and warm. lm-eval runs twice:
+with one request per forward (batch 1, lm-eval's default batch size) and with --lm_eval_batch requests per
+forward, batched as lm-eval's HFLM does (longest first, each batch padded to its longest); each after its forward
+is compiled for every padded length it can meet, so no number is compile time. The port's speedup is given
+against both. Items are documents. Writes bench/results/harness_speed_<date>[_quick].{json,md}.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ _MAX_LENGTH = flags.DEFINE_integer('max_length', 2048, 'Model context.')
 _BATCH_TOKENS = flags.DEFINE_integer('max_batch_tokens', 0, 'Port: batch * padded length per step (0: auto).')
 _DTYPE = flags.DEFINE_string('dtype', '', 'Compute dtype (default bfloat16 on GPU/TPU, float32 on CPU).')
 _SKIP_LM_EVAL = flags.DEFINE_bool('skip_lm_eval', False, 'Time the port only.')
+_LM_EVAL_BATCH = flags.DEFINE_integer('lm_eval_batch', 64, 'lm-eval\'s second run: requests per forward (0: skip).')
 _QUICK = flags.DEFINE_bool('quick', False, 'CPU check: tiny model, 8 docs per task, max_length 256.')
 _OUT = flags.DEFINE_string('out', str(REPO / 'bench' / 'results'), 'Results directory.')
 
@@ -121,7 +124,7 @@ def main(argv):
   rows = [{'system': 'port (cold: compiles included)', 'docs': docs, 'seconds': t_cold},
           {'system': 'port (warm)', 'docs': docs, 'seconds': t_warm}]
 
-  baseline, agreement, lm_eval_version, precompile_s = None, None, None, None
+  baseline, batched, agreement, lm_eval_version, precompile_s = None, None, None, None, {}
   if not _SKIP_LM_EVAL.value:
     try:
       from aira_jax.evaluate import lm_eval_bridge as bridge  # pylint: disable=g-import-not-at-top
@@ -130,17 +133,26 @@ def main(argv):
       logging.warning('lm-eval is not installed (%s): timing the port only', e)
       bridge = None
     if bridge is not None:
-      lm = bridge.JaxLM(model, tok, max_length=max_length, pad_to='pow2', compute_dtype=dtype)
-      precompile_s = _precompile(lm, max_length)
       with tempfile.TemporaryDirectory() as tmp:
         files = bridge.prepare_lm_eval_data(tasks, data_dir, Path(tmp) / 'data', max_records=limit)
         names = bridge.write_lm_eval_tasks(Path(tmp) / 'tasks', files, cache_dir=Path(tmp) / 'hf_cache')
-        t0 = time.time()
-        ref = bridge.run_lm_eval(lm, Path(tmp) / 'tasks', names, limit=limit)
-        t_ref = time.time() - t0
-      baseline = {'system': f'lm-eval {lm_eval_version} + per-request JAX forward', 'docs': docs,
-                  'seconds': t_ref, 'forward_calls': lm.forward_calls}
-      rows.insert(0, baseline)
+
+        def run_lm_eval(batch_size):
+          lm = bridge.JaxLM(model, tok, max_length=max_length, pad_to='pow2', compute_dtype=dtype,
+                            batch_size=batch_size)
+          precompile_s[batch_size] = _precompile(lm, max_length)
+          t0 = time.time()
+          out = bridge.run_lm_eval(lm, Path(tmp) / 'tasks', names, limit=limit)
+          how = ('one request per forward (batch 1)' if batch_size == 1 else
+                 f'batched JAX forward ({batch_size} requests, longest first)')
+          return out, {'system': f'lm-eval {lm_eval_version}, {how}', 'docs': docs, 'seconds': time.time() - t0,
+                       'forward_calls': lm.forward_calls, 'batch_size': batch_size}
+
+        ref, baseline = run_lm_eval(1)
+        rows.insert(0, baseline)
+        if _LM_EVAL_BATCH.value > 1:
+          _, batched = run_lm_eval(_LM_EVAL_BATCH.value)
+          rows.insert(1, batched)
       cmp = bridge.compare(ref, port_warm)
       agreement = {t: {k: s[k] for k in ('requests', 'prompt_mismatches', 'max_abs_ll_diff', 'greedy_mismatches',
                                          'doc_metric_mismatches')} for t, s in cmp.items()}
@@ -149,6 +161,8 @@ def main(argv):
     r['docs_per_second'] = r['docs'] / r['seconds']
     if baseline:
       r['speedup_vs_lm_eval'] = r['docs_per_second'] / (baseline['docs'] / baseline['seconds'])
+    if batched:
+      r['speedup_vs_lm_eval_batched'] = r['docs_per_second'] / (batched['docs'] / batched['seconds'])
   date = datetime.date.today().isoformat()
   device = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   lines = [f'# Harness speed, {date}{" (quick)" if quick else ""}', '',
@@ -156,15 +170,19 @@ def main(argv):
            f'{params:,} params, vocab {tok.vocab_size}, {dtype}, max_length {max_length}, on {device}; '
            f'{len(tasks)} tasks, first {limit} docs each ({docs} docs, {port_warm.timing["rows"]} port rows, '
            f'{port_warm.timing["scored_tokens"]:,} tokens).', '',
-           '| system | docs | seconds | docs/s | speedup vs lm-eval |', '|---|---:|---:|---:|---:|']
+           '| system | docs | seconds | docs/s | speedup vs lm-eval (batch 1) | vs lm-eval batched |',
+           '|---|---:|---:|---:|---:|---:|']
+  speed = lambda r, k: f'{r[k]:.1f}x' if k in r else 'n/a'  # noqa: E731
   for r in rows:
-    speed = f"{r['speedup_vs_lm_eval']:.1f}x" if 'speedup_vs_lm_eval' in r else 'n/a'
-    lines.append(f"| {r['system']} | {r['docs']} | {r['seconds']:.1f} | {r['docs_per_second']:.1f} | {speed} |")
+    lines.append(f"| {r['system']} | {r['docs']} | {r['seconds']:.1f} | {r['docs_per_second']:.1f} | "
+                 f"{speed(r, 'speedup_vs_lm_eval')} | {speed(r, 'speedup_vs_lm_eval_batched')} |")
   if baseline is None:
     lines.append('\nlm-eval baseline not run (not installed or --skip_lm_eval).')
   else:
-    lines.append(f'\nlm-eval forward precompiled for all padded lengths in {precompile_s:.1f} s (not timed); '
-                 f'{baseline["forward_calls"]} forward calls.')
+    lines.append('\nlm-eval forwards precompiled for all padded lengths (not timed): '
+                 + ', '.join(f'batch {b} in {s:.1f} s' for b, s in precompile_s.items()) + '; forward calls: '
+                 + ', '.join(f'{r["forward_calls"]} at batch {r["batch_size"]}' for r in (baseline, batched) if r)
+                 + '.')
     worst = max(a['max_abs_ll_diff'] for a in agreement.values())
     mism = sum(a['prompt_mismatches'] + a['greedy_mismatches'] + sum(a['doc_metric_mismatches'].values())
                for a in agreement.values())

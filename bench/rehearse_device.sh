@@ -78,8 +78,9 @@ if ls .whl_lm1/*.whl .whl_lm2/*.whl >/dev/null 2>&1; then
     .whl_lm2/*.whl > "$OUT/pip_site_lm.log" 2>&1 || echo "lm-eval wheel install failed: $OUT/pip_site_lm.log"
   part harness_lm_eval env PYTHONPATH="$SITE_LM:$PYTHONPATH" "$PYBIN" bench/harness_speed.py --quick \
     --data_dir="${AIRA_HARNESS_DATA:-.shared/harness}" --out="$OUT"
-  if ! grep -q "| lm-eval " "$OUT/harness_lm_eval.log"; then
-    echo "FAILED: harness_lm_eval ran without its lm-eval row"; FAILED+=("harness_lm_eval (no lm-eval row)")
+  if ! grep -q "| lm-eval .*batch 1" "$OUT/harness_lm_eval.log" || ! grep -q "batched JAX forward" \
+      "$OUT/harness_lm_eval.log"; then
+    echo "FAILED: harness_lm_eval ran without its two lm-eval rows"; FAILED+=("harness_lm_eval (no lm-eval rows)")
   fi
 else
   echo "=== harness_lm_eval SKIPPED: no .whl_lm1/ and .whl_lm2/ here"

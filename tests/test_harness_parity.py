@@ -178,3 +178,27 @@ def test_jaxlm_padding_is_invisible(setup):
       -1, keepdims=True)
   direct = sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont))
   assert abs(a[0] - direct) < TOL and abs(b[0] - direct) < TOL and a[1] == b[1]
+
+
+def test_batched_jaxlm_scores_like_one_request_per_forward(setup):
+  """batch_size > 1 (lm-eval's HFLM batching: longest first, padded batches) changes the speed, not the scores:
+  the same results in request order, through lm-eval too, in fewer forward calls."""
+  root, names, model, tok = setup
+  rnd = random.Random(3)
+  pairs = [(tok.encode(_phrase(rnd, 1, 30)), tok.encode(' ' + _phrase(rnd, 1, 4))) for _ in range(11)]
+  pairs.append((tok.encode(_phrase(rnd, 40, 60)), tok.encode(' end')))  # truncated on the left
+  one = bridge.JaxLM(model, tok, max_length=MAX_LENGTH, pad_to='pow2')
+  four = bridge.JaxLM(model, tok, max_length=MAX_LENGTH, pad_to='pow2', batch_size=4)
+  requests = [(None, c, x) for c, x in pairs]
+  a, b = one._loglikelihood_tokens(requests), four._loglikelihood_tokens(requests)
+  assert len(a) == len(b) == 12 and one.forward_calls == 12 and four.forward_calls == 3
+  for (la, ga), (lb, gb) in zip(a, b, strict=True):
+    assert abs(la - lb) <= TOL and ga == gb
+  assert len({round(ll, 3) for ll, _ in a}) > 6  # distinct requests: a shuffled order would not pass
+  sub = {t: names[t] for t in ('arc_easy', 'wikitext')}  # multiple choice and rolling windows
+  ref = bridge.run_lm_eval(bridge.JaxLM(model, tok, max_length=MAX_LENGTH), root / 'tasks', sub)
+  got = bridge.run_lm_eval(bridge.JaxLM(model, tok, max_length=MAX_LENGTH, batch_size=8), root / 'tasks', sub)
+  for task in sub:
+    assert got[task]['metrics'] == pytest.approx(ref[task]['metrics'], rel=1e-4), task
+  with pytest.raises(ValueError, match='batch_size must be at least 1'):
+    bridge.JaxLM(model, tok, batch_size=0)

@@ -1,8 +1,10 @@
 """lm-eval driving a project model: the reference for parity tests and the baseline of the speed benchmark.
 
 `JaxLM` is an lm-eval `LM` (TemplateLM) over any project model: lm-eval's own tokenisation split, truncation
-and rolling windows, and one plain jitted forward per request (batch 1; inputs right-padded to a fixed or
-power-of-two length, which a causal model cannot see). It shares no scoring code with the harness port.
+and rolling windows, and a plain jitted forward: one request per call by default (batch 1, lm-eval's default
+batch size), or with batch_size > 1 the way lm-eval's HFLM batches (requests sorted longest first, cut into
+batches, each padded to its longest). Inputs are right-padded to a fixed or power-of-two length, which a causal
+model cannot see. It shares no scoring code with the harness port.
 
 `write_lm_eval_tasks` makes lm-eval's own task YAMLs read local JSON-lines files: one small YAML per task that
 `include`s the installed lm-eval YAML and overrides only where the data comes from, so prompts, choices,
@@ -43,13 +45,16 @@ LM_EVAL_PREFIX = 'aira_'
 
 
 class JaxLM(TemplateLM):
-  """lm-eval LM over a project model (tokens [B, T] -> logits [B, T, V]), one request per forward."""
+  """lm-eval LM over a project model (tokens [B, T] -> logits [B, T, V]); batch_size requests per forward."""
 
   def __init__(self, model: nnx.Module, tokenizer, *, max_length: int = 2048, pad_to: str = 'max_length',
-               compute_dtype: str = 'float32', prefix_token_id: int | None = None):
+               compute_dtype: str = 'float32', prefix_token_id: int | None = None, batch_size: int = 1):
     super().__init__()
     if pad_to not in ('max_length', 'pow2'):
       raise ValueError(f"pad_to must be 'max_length' or 'pow2', got {pad_to!r}")
+    if int(batch_size) < 1:
+      raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+    self.batch_size = int(batch_size)
     self.tok = tokenizer
     self._max_length = int(max_length)
     self._pad_to = pad_to
@@ -59,10 +64,10 @@ class JaxLM(TemplateLM):
     self._state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                state)
 
-    def forward(state, tokens, targets):
-      logits = nnx.merge(graphdef, state)(tokens)[0].astype(jnp.float32)
+    def forward(state, tokens, targets):  # [B, L] each -> per-position target log-probs and greedy tokens
+      logits = nnx.merge(graphdef, state)(tokens).astype(jnp.float32)
       logp = jax.nn.log_softmax(logits, axis=-1)
-      return jnp.take_along_axis(logp, targets[0][:, None], axis=-1)[:, 0], jnp.argmax(logits, axis=-1)
+      return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], jnp.argmax(logits, axis=-1)
 
     self._forward = jax.jit(forward)
     self.forward_calls = 0
@@ -88,32 +93,50 @@ class JaxLM(TemplateLM):
       return self._max_length
     return min(self._max_length, max(16, 1 << (n - 1).bit_length()))
 
-  def score_tokens(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
-    """lm-eval's HFLM scoring of one (context, continuation) token pair."""
+  def _window(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[list[int], int]:
+    """lm-eval's HFLM input window: (context + continuation)[-(max_length + 1):], and the continuation length."""
     if not context or not continuation or len(continuation) > self._max_length:
       # lm-eval's HFLM asserts the same: a continuation must fit in one forward pass.
       raise ValueError(f'cannot score a continuation of {len(continuation)} tokens after {len(context)} context '
                        f'tokens with max_length {self._max_length}')
-    seq = (list(context) + list(continuation))[-(self._max_length + 1):]
-    inp, n_cont = seq[:-1], len(continuation)
-    length = self._padded(len(inp))
-    tokens = np.zeros((1, length), np.int32)
-    targets = np.zeros((1, length), np.int32)
-    tokens[0, :len(inp)] = inp
-    targets[0, :len(inp)] = seq[1:]
+    return (list(context) + list(continuation))[-(self._max_length + 1):], len(continuation)
+
+  def score_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
+    """Scores (context, continuation) token pairs in one forward: rows right-padded to the longest one's padded
+    length, and (batch_size > 1) the batch padded with empty rows to batch_size, so few shapes compile."""
+    windows = [self._window(c, x) for c, x in pairs]
+    length = self._padded(max(len(seq) - 1 for seq, _ in windows))
+    rows = max(len(windows), self.batch_size)
+    tokens = np.zeros((rows, length), np.int32)
+    targets = np.zeros((rows, length), np.int32)
+    for i, (seq, _) in enumerate(windows):
+      tokens[i, :len(seq) - 1] = seq[:-1]
+      targets[i, :len(seq) - 1] = seq[1:]
     logp, argmax = jax.device_get(self._forward(self._state, tokens, targets))
     self.forward_calls += 1
-    sl = slice(len(inp) - n_cont, len(inp))
-    return float(np.sum(logp[sl].astype(np.float64))), bool(np.all(argmax[sl] == targets[0, sl]))
+    out = []
+    for i, (seq, n_cont) in enumerate(windows):
+      sl = slice(len(seq) - 1 - n_cont, len(seq) - 1)
+      out.append((float(np.sum(logp[i, sl].astype(np.float64))), bool(np.all(argmax[i, sl] == targets[i, sl]))))
+    return out
+
+  def score_tokens(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+    """lm-eval's HFLM scoring of one (context, continuation) token pair."""
+    return self.score_batch([(context, continuation)])[0]
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
     del disable_tqdm, kwargs
-    out = []
-    for cache_key, context_enc, continuation_enc in requests:
-      result = self.score_tokens(context_enc, continuation_enc)
-      if cache_key is not None:
-        self.cache_hook.add_partial('loglikelihood', cache_key, result)
-      out.append(result)
+    requests = list(requests)
+    # HFLM's order: longest (context + continuation) first, ties by the tokens; results go back in request order.
+    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][1] + requests[i][2]),
+                                                       tuple(requests[i][1] + requests[i][2])))
+    out: list[Any] = [None] * len(requests)
+    for start in range(0, len(order), self.batch_size):
+      batch = order[start:start + self.batch_size]
+      for i, result in zip(batch, self.score_batch([(requests[i][1], requests[i][2]) for i in batch])):
+        if requests[i][0] is not None:
+          self.cache_hook.add_partial('loglikelihood', requests[i][0], result)
+        out[i] = result
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
