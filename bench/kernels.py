@@ -19,7 +19,10 @@ Floors (written out, per head-token, chunk C = 64, bf16 inputs, fp32 decays/beta
   (4 B each), writes o; the backward also reads do and q, k, v, gates again and writes dq, dk, dv, d-gates.
   floor = max(bytes / --peak_bw, FLOPs / --peak_flops), defaults 3 TB/s and 790 TFLOP/s (H100 bf16 dense-ish).
 A table is printed and saved as bench/results/kernels_<device>_<date>.{md,json}; a failing implementation or a
-missing fla gives a row with its error, not a crash. With --profile (default: the Pallas implementations) each
+missing fla gives a row with its error, not a crash. Cases run shape by shape (the D128 shapes first), each op's
+XLA reference before its kernel, the fused scheme last; the table is saved after every case. Each kernel row
+gives its relative error against XLA (output and the worst gradient) and its first call's seconds (compile
+included). --case_timeout stops a case that runs too long as a hung kernel (exit status 3, table saved). With --profile (default: the Pallas implementations) each
 such case's fwd+bwd also runs under jax.profiler, and a second table lists its kernels' device time per call
 (bench/device_profile.py): which kernel, or which XLA glue around it, to work on next.
 """
@@ -112,9 +115,12 @@ def jax_fn(op, impl):
 
 
 def time_jax(f, args, iters, warmup):
+    """(median ms of `iters` calls, seconds of the first call: compile included)."""
     import jax
     import numpy as np
+    t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
+    first_s = time.perf_counter() - t0
     for _ in range(warmup):
         jax.block_until_ready(f(*args))
     ts = []
@@ -122,39 +128,87 @@ def time_jax(f, args, iters, warmup):
         t0 = time.perf_counter()
         jax.block_until_ready(f(*args))
         ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
+    return 1e3 * float(np.median(ts)), first_s
 
 
-def jax_cases(op, shape, impls, a, to_profile: list) -> list[dict]:
-    """Times each JAX implementation of one op and shape; the Pallas output is checked against XLA's.
-    Cases of a.profile_impls are appended to to_profile as (row, fwd+bwd function, args)."""
+def rel_err(x, ref) -> float:
+    import numpy as np
+    x = np.asarray(x, np.float64)
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def jax_case(op, shape, impl, a, refs: dict, to_profile: list) -> dict:
+    """Times one JAX implementation of one op and shape. XLA's output and gradients are kept in refs (float32,
+    on the host) as the reference every kernel row is checked against: a kernel must be right, not just fast.
+    A profiled implementation's case goes to to_profile as (row, fwd+bwd function, args)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    rows, ref = [], None
-    ins, do = jax_inputs(op, shape)
-    for impl in sorted(impls, key=lambda i: i != "xla"):  # XLA first: its output is the reference
-        row = {"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl}
-        try:
-            run, names = jax_fn(op, {"pallas": "kernel", "pallas_fused": "fused"}.get(impl, "xla"))
-            args = tuple(ins[n] for n in names)
-            fwd = jax.jit(run)
-            grad = jax.jit(jax.grad(lambda *x: jnp.sum(run(*x).astype(jnp.float32) * do.astype(jnp.float32)),
-                                    argnums=tuple(range(len(args)))))
-            row["fwd_ms"] = time_jax(fwd, args, a.iters, a.warmup)
-            row["fb_ms"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup)
-            if impl in a.profile_impls:  # profiled after every case is timed and saved (main)
-                to_profile.append((row, grad, args))
-            out = np.asarray(fwd(*args), np.float64)
-            if impl == "xla":
-                ref = out
-            elif ref is not None:  # a kernel must also be right, not just fast
-                row["rel_vs_xla"] = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-        except Exception as e:  # a failing implementation is a row, not a crash
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+    row = {"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl}
+    try:
+        ins, do = jax_inputs(op, shape)
+        run, names = jax_fn(op, {"pallas": "kernel", "pallas_fused": "fused"}.get(impl, "xla"))
+        args = tuple(ins[n] for n in names)
+        fwd = jax.jit(run)
+        grad = jax.jit(jax.grad(lambda *x: jnp.sum(run(*x).astype(jnp.float32) * do.astype(jnp.float32)),
+                                argnums=tuple(range(len(args)))))
+        row["fwd_ms"], row["fwd_first_s"] = time_jax(fwd, args, a.iters, a.warmup)
+        row["fb_ms"], row["fb_first_s"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup)
+        out = np.asarray(fwd(*args), np.float32)
+        grads = [np.asarray(g, np.float32) for g in grad(*args)]
+        if impl == "xla":
+            refs[op, shape] = (out, grads)
+        elif (op, shape) in refs:
+            ref_out, ref_grads = refs[op, shape]
+            row["rel_vs_xla"] = rel_err(out, ref_out)
+            row["grad_rel_vs_xla"] = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
+        if impl in a.profile_impls:  # profiled after every case is timed and saved (main)
+            to_profile.append((row, grad, args))
+    except Exception as e:  # a failing implementation is a row, not a crash
+        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def case_order(ops, shapes, impls) -> list[tuple[str, tuple, str]]:
+    """(op, shape, impl) in the order they run: shape by shape (the first shapes matter most), every op's XLA
+    reference first and then its Pallas kernel; the delta rules' fused scheme, the alternative, comes last."""
+    main = [i for i in ("xla", "pallas") if i in impls]
+    order = [(op, shape, impl) for shape in shapes for op in ops for impl in main]
+    if "pallas_fused" in impls:
+        order += [(op, shape, "pallas_fused") for shape in shapes for op in ops if op != "simple_gla"]
+    return order
+
+
+class Watchdog:
+    """--case_timeout: a case (compile included) running longer than that is taken for a hung kernel. The
+    stacks are dumped, the table saved with the case as a failed row, and the process ends with status 3
+    (bench/gpu_suite.sh then knows a kernel hangs; a hung GPU cannot run anything more in this process)."""
+
+    def __init__(self, seconds: float, on_timeout):
+        import threading
+        self.seconds, self.on_timeout, self.case = seconds, on_timeout, None
+        self._lock, self._start = threading.Lock(), None
+        if seconds > 0:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def begin(self, case):
+        """Times `case` from now on (None: nothing is timed)."""
+        with self._lock:
+            self.case, self._start = case, (None if case is None else time.monotonic())
+
+    def _watch(self):
+        import faulthandler
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                late = self._start is not None and time.monotonic() - self._start > self.seconds
+                case = self.case
+            if late:
+                print(f"case {case} still running after {self.seconds:.0f}s: taken for a hang", flush=True)
+                faulthandler.dump_traceback(all_threads=True)
+                self.on_timeout(case)
+                os._exit(3)
 
 
 # ----------------------------------------------------------------------------------------------------- fla side
@@ -234,20 +288,22 @@ def annotate(rows: list[dict], a) -> None:
 
 def table(rows: list[dict]) -> str:
     head = ("| op | shape | impl | fwd ms | fwd+bwd ms | fwd GB/s | fwd TFLOP/s | fwd+bwd TFLOP/s | floor fwd / fwd+bwd ms "
-            "| % of floor (fwd+bwd) | Pallas/fla fwd, fwd+bwd | XLA/Pallas fwd, fwd+bwd | rel err vs XLA |")
-    lines = [head, "|" + "---|" * 13]
+            "| % of floor (fwd+bwd) | Pallas/fla fwd, fwd+bwd | XLA/Pallas fwd, fwd+bwd | rel err vs XLA: out, grads "
+            "| first call s: fwd, fwd+bwd |")
+    lines = [head, "|" + "---|" * 14]
     ratio = lambda x: "" if x is None else f"{x[0]:.2f}, {x[1]:.2f}"  # noqa: E731
     for r in rows:
         floors = f"{r['floor_fwd_ms']:.3g} / {r['floor_fb_ms']:.3g}"
         if "error" in r:
             lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | FAILED: {r['error'][:120]} | | | | | {floors} "
-                         "| | | | |")
+                         "| | | | | |")
             continue
-        rel = f"{r['rel_vs_xla']:.1e}" if "rel_vs_xla" in r else ""
+        rel = f"{r['rel_vs_xla']:.1e}, {r['grad_rel_vs_xla']:.1e}" if "rel_vs_xla" in r else ""
+        first = f"{r['fwd_first_s']:.1f}, {r['fb_first_s']:.1f}" if "fwd_first_s" in r else ""
         lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fb_ms']:.3f} | "
                      f"{r['fwd_gbs']:.4g} | {r['fwd_tflops']:.3g} | {r['fb_tflops']:.3g} | {floors} | "
                      f"{100 * r['fb_of_floor']:.2g}% | {ratio(r.get('pallas_over_fla'))} | "
-                     f"{ratio(r.get('xla_over_pallas'))} | {rel} |")
+                     f"{ratio(r.get('xla_over_pallas'))} | {rel} | {first} |")
     return "\n".join(lines)
 
 
@@ -280,6 +336,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--fla_timeout", type=int, default=240)
+    ap.add_argument("--case_timeout", type=float, default=0,
+                    help="seconds after which a case (compile included) counts as hung: table saved, exit status 3")
     ap.add_argument("--peak_bw", type=float, default=3e12, help="bytes/s used for the floor")
     ap.add_argument("--peak_flops", type=float, default=790e12, help="FLOP/s used for the floor")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
@@ -314,12 +372,20 @@ def main(argv=None):
     today = datetime.date.today().isoformat()
     stem = os.path.join(a.out, f"kernels_{device.replace(' ', '_')}_{today}{'_smoke' if a.smoke else ''}")
     os.makedirs(a.out, exist_ok=True)
-    to_profile = []
-    for op in a.ops.split(","):
-        for shape in parse_shapes(a.shapes):
-            mine = [i for i in impls if i in JAX_IMPLS and (i != "pallas_fused" or op != "simple_gla")]
-            rows.extend(jax_cases(op, shape, mine, a, to_profile))
+    to_profile, refs = [], {}
+
+    def timed_out(case):
+        op, shape, impl = case
+        rows.append({"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl,
+                     "error": f"timeout: still running after {a.case_timeout:.0f}s (a hung kernel?)"})
         save(rows, impls, a, device, today, stem)
+
+    watchdog = Watchdog(a.case_timeout, timed_out)
+    for case in case_order(a.ops.split(","), parse_shapes(a.shapes), impls):
+        watchdog.begin(case)
+        rows.append(jax_case(*case, a, refs, to_profile))
+        save(rows, impls, a, device, today, stem)  # after every case: a step's time limit keeps what was measured
+    watchdog.begin(None)
     # The kernel breakdowns last: a profiler that fails or crashes the process costs no timing row.
     for row, grad, args in to_profile:
         row["profile"] = device_profile.profile(grad, args, iters=3)

@@ -71,3 +71,40 @@ def test_profile_sums_per_call_and_never_raises():
         raise RuntimeError("kernel exploded")
     out = prof.profile(broken, (1,))
     assert out == {"error": "RuntimeError: kernel exploded"}
+
+
+def test_cases_run_by_priority_and_kernels_are_checked_against_xla(tmp_path, monkeypatch):
+    bench = load_bench()
+    shapes = bench.parse_shapes("1x64x1x16,1x128x1x16")
+    order = bench.case_order(["delta_rule", "simple_gla"], shapes, ["pallas_fused", "pallas", "xla"])
+    assert order[:4] == [("delta_rule", shapes[0], "xla"), ("delta_rule", shapes[0], "pallas"),
+                         ("simple_gla", shapes[0], "xla"), ("simple_gla", shapes[0], "pallas")]
+    assert [c[2] for c in order[-2:]] == ["pallas_fused"] * 2 and all(
+        c[0] != "simple_gla" for c in order if c[2] == "pallas_fused")
+    # A "kernel" 1% off XLA's output: its row says so, for the output and for the gradients.
+    real = bench.jax_fn
+
+    def fake(op, impl):
+        run, names = real(op, "xla")
+        return ((lambda *x: run(*x) * 1.01) if impl == "kernel" else run), names
+    monkeypatch.setattr(bench, "jax_fn", fake)
+    rows = bench.main(["--smoke", "--ops=delta_rule", "--impls=xla,pallas", "--profile=", "--iters=1",
+                       "--warmup=0", f"--out={tmp_path}"])
+    (kernel,) = [r for r in rows if r["impl"] == "pallas"]
+    # (about 1%: the scaled output is rounded to bf16 again)
+    assert 0.005 < kernel["rel_vs_xla"] < 0.015 and 0.005 < kernel["grad_rel_vs_xla"] < 0.015, kernel
+    xla = next(r for r in rows if r["impl"] == "xla")
+    assert "rel_vs_xla" not in xla
+    assert kernel["fwd_first_s"] > 0 and kernel["fb_first_s"] > 0
+
+
+def test_a_case_past_its_timeout_is_a_hang_exit_3_with_the_table_saved(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "kernels.py"), "--smoke", "--ops=delta_rule",
+                          "--impls=xla", "--case_timeout=0.01", f"--out={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "taken for a hang" in out.stdout
+    (md,) = [p for p in tmp_path.iterdir() if p.suffix == ".md"]
+    assert "FAILED: timeout: still running after 0s" in md.read_text()
