@@ -21,8 +21,9 @@ Floors (written out, per head-token, chunk C = 64, bf16 inputs, fp32 decays/beta
 A table is printed and saved as bench/results/kernels_<device>_<date>.{md,json}; a failing implementation or a
 missing fla gives a row with its error, not a crash. Cases run shape by shape (the D128 shapes first), each op's
 XLA reference before its kernel, the fused scheme last; the table is saved after every case. Each kernel row
-gives its relative error against XLA (output and the worst gradient) and its first call's seconds (compile
-included). --case_timeout stops a case that runs too long as a hung kernel (exit status 3, table saved). With --profile (default: the Pallas implementations) each
+gives its relative error against XLA (output and the worst gradient) and its compile seconds (timed ahead of
+the runs). --case_timeout stops a case whose runs take too long as a hung kernel (exit status 3, table saved);
+--compile_timeout does the same for its compiles. With --profile (default: the Pallas implementations) each
 such case's fwd+bwd also runs under jax.profiler, and a second table lists its kernels' device time per call
 (bench/device_profile.py): which kernel, or which XLA glue around it, to work on next.
 """
@@ -115,12 +116,9 @@ def jax_fn(op, impl):
 
 
 def time_jax(f, args, iters, warmup):
-    """(median ms of `iters` calls, seconds of the first call: compile included)."""
+    """Median ms of `iters` calls of f (compiled: see compiled()) after `warmup` calls."""
     import jax
     import numpy as np
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    first_s = time.perf_counter() - t0
     for _ in range(warmup):
         jax.block_until_ready(f(*args))
     ts = []
@@ -128,7 +126,15 @@ def time_jax(f, args, iters, warmup):
         t0 = time.perf_counter()
         jax.block_until_ready(f(*args))
         ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts)), first_s
+    return 1e3 * float(np.median(ts))
+
+
+def compiled(f, args):
+    """(f compiled for args ahead of time, seconds the compile took: Mosaic kernels included)."""
+    import jax
+    t0 = time.perf_counter()
+    c = jax.jit(f).lower(*args).compile()
+    return c, time.perf_counter() - t0
 
 
 def rel_err(x, ref) -> float:
@@ -137,23 +143,29 @@ def rel_err(x, ref) -> float:
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def jax_case(op, shape, impl, a, refs: dict, to_profile: list) -> dict:
+def jax_case(op, shape, impl, a, refs: dict, to_profile: list, watchdog: "Watchdog | None" = None) -> dict:
     """Times one JAX implementation of one op and shape. XLA's output and gradients are kept in refs (float32,
     on the host) as the reference every kernel row is checked against: a kernel must be right, not just fast.
-    A profiled implementation's case goes to to_profile as (row, fwd+bwd function, args)."""
+    A profiled implementation's case goes to to_profile as (row, fwd+bwd function, args). Compiles are timed
+    on their own (ahead of time) and watched with a.compile_timeout, the runs with a.case_timeout."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    case = (op, shape, impl)
+    watch = (lambda phase, limit: watchdog.begin(case + (phase,), limit)) if watchdog else (lambda *_: None)  # noqa
     row = {"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl}
     try:
+        watch("compile", a.compile_timeout)
         ins, do = jax_inputs(op, shape)
         run, names = jax_fn(op, {"pallas": "kernel", "pallas_fused": "fused"}.get(impl, "xla"))
         args = tuple(ins[n] for n in names)
-        fwd = jax.jit(run)
-        grad = jax.jit(jax.grad(lambda *x: jnp.sum(run(*x).astype(jnp.float32) * do.astype(jnp.float32)),
-                                argnums=tuple(range(len(args)))))
-        row["fwd_ms"], row["fwd_first_s"] = time_jax(fwd, args, a.iters, a.warmup)
-        row["fb_ms"], row["fb_first_s"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup)
+        fwd, row["fwd_compile_s"] = compiled(run, args)
+        grad, row["fb_compile_s"] = compiled(jax.grad(lambda *x: jnp.sum(run(*x).astype(jnp.float32)
+                                                                          * do.astype(jnp.float32)),
+                                                      argnums=tuple(range(len(args)))), args)
+        watch("run", a.case_timeout)
+        row["fwd_ms"] = time_jax(fwd, args, a.iters, a.warmup + 1)
+        row["fb_ms"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup + 1)
         out = np.asarray(fwd(*args), np.float32)
         grads = [np.asarray(g, np.float32) for g in grad(*args)]
         if impl == "xla":
@@ -181,31 +193,32 @@ def case_order(ops, shapes, impls) -> list[tuple[str, tuple, str]]:
 
 
 class Watchdog:
-    """--case_timeout: a case (compile included) running longer than that is taken for a hung kernel. The
-    stacks are dumped, the table saved with the case as a failed row, and the process ends with status 3
-    (bench/gpu_suite.sh then knows a kernel hangs; a hung GPU cannot run anything more in this process)."""
+    """A phase of a case (compile, run) lasting longer than its limit is taken for a hung kernel: the stacks are
+    dumped, on_timeout(case) saves the table with the case as a failed row, and the process ends with status 3
+    (bench/gpu_suite.sh then knows a kernel hangs; a hung GPU can run nothing more in this process). Compiles get
+    a limit of their own (--compile_timeout): a slow compile is not a hang."""
 
-    def __init__(self, seconds: float, on_timeout):
+    def __init__(self, on_timeout):
         import threading
-        self.seconds, self.on_timeout, self.case = seconds, on_timeout, None
+        self.on_timeout, self.case, self.limit = on_timeout, None, 0.0
         self._lock, self._start = threading.Lock(), None
-        if seconds > 0:
-            threading.Thread(target=self._watch, daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
 
-    def begin(self, case):
-        """Times `case` from now on (None: nothing is timed)."""
+    def begin(self, case, limit: float = 0.0):
+        """Times `case` (op, shape, impl, phase) from now on against `limit` seconds (None or 0: no limit)."""
         with self._lock:
-            self.case, self._start = case, (None if case is None else time.monotonic())
+            self.case, self.limit = case, float(limit or 0)
+            self._start = time.monotonic() if case is not None and self.limit > 0 else None
 
     def _watch(self):
         import faulthandler
         while True:
-            time.sleep(1.0)
+            time.sleep(0.2)
             with self._lock:
-                late = self._start is not None and time.monotonic() - self._start > self.seconds
-                case = self.case
+                late = self._start is not None and time.monotonic() - self._start > self.limit
+                case, limit = self.case, self.limit
             if late:
-                print(f"case {case} still running after {self.seconds:.0f}s: taken for a hang", flush=True)
+                print(f"case {case} still running after {limit:g}s: taken for a hang", flush=True)
                 faulthandler.dump_traceback(all_threads=True)
                 self.on_timeout(case)
                 os._exit(3)
@@ -289,7 +302,7 @@ def annotate(rows: list[dict], a) -> None:
 def table(rows: list[dict]) -> str:
     head = ("| op | shape | impl | fwd ms | fwd+bwd ms | fwd GB/s | fwd TFLOP/s | fwd+bwd TFLOP/s | floor fwd / fwd+bwd ms "
             "| % of floor (fwd+bwd) | Pallas/fla fwd, fwd+bwd | XLA/Pallas fwd, fwd+bwd | rel err vs XLA: out, grads "
-            "| first call s: fwd, fwd+bwd |")
+            "| compile s: fwd, fwd+bwd |")
     lines = [head, "|" + "---|" * 14]
     ratio = lambda x: "" if x is None else f"{x[0]:.2f}, {x[1]:.2f}"  # noqa: E731
     for r in rows:
@@ -299,7 +312,7 @@ def table(rows: list[dict]) -> str:
                          "| | | | | |")
             continue
         rel = f"{r['rel_vs_xla']:.1e}, {r['grad_rel_vs_xla']:.1e}" if "rel_vs_xla" in r else ""
-        first = f"{r['fwd_first_s']:.1f}, {r['fb_first_s']:.1f}" if "fwd_first_s" in r else ""
+        first = f"{r['fwd_compile_s']:.1f}, {r['fb_compile_s']:.1f}" if "fwd_compile_s" in r else ""
         lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fb_ms']:.3f} | "
                      f"{r['fwd_gbs']:.4g} | {r['fwd_tflops']:.3g} | {r['fb_tflops']:.3g} | {floors} | "
                      f"{100 * r['fb_of_floor']:.2g}% | {ratio(r.get('pallas_over_fla'))} | "
@@ -337,7 +350,10 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--fla_timeout", type=int, default=240)
     ap.add_argument("--case_timeout", type=float, default=0,
-                    help="seconds after which a case (compile included) counts as hung: table saved, exit status 3")
+                    help="seconds after which a case's runs (its compiles excluded) count as a hung kernel: table "
+                         "saved, exit status 3 (0: no limit)")
+    ap.add_argument("--compile_timeout", type=float, default=0,
+                    help="the same for a case's two compiles together (0: no limit)")
     ap.add_argument("--peak_bw", type=float, default=3e12, help="bytes/s used for the floor")
     ap.add_argument("--peak_flops", type=float, default=790e12, help="FLOP/s used for the floor")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
@@ -375,15 +391,15 @@ def main(argv=None):
     to_profile, refs = [], {}
 
     def timed_out(case):
-        op, shape, impl = case
+        op, shape, impl, phase = case
+        limit = a.compile_timeout if phase == "compile" else a.case_timeout
         rows.append({"op": op, "shape": shape_name(shape), "dims": list(shape), "impl": impl,
-                     "error": f"timeout: still running after {a.case_timeout:.0f}s (a hung kernel?)"})
+                     "error": f"timeout: {phase} still running after {limit:g}s (a hung kernel?)"})
         save(rows, impls, a, device, today, stem)
 
-    watchdog = Watchdog(a.case_timeout, timed_out)
+    watchdog = Watchdog(timed_out)
     for case in case_order(a.ops.split(","), parse_shapes(a.shapes), impls):
-        watchdog.begin(case)
-        rows.append(jax_case(*case, a, refs, to_profile))
+        rows.append(jax_case(*case, a, refs, to_profile, watchdog))
         save(rows, impls, a, device, today, stem)  # after every case: a step's time limit keeps what was measured
     watchdog.begin(None)
     # The kernel breakdowns last: a profiler that fails or crashes the process costs no timing row.
