@@ -1,6 +1,8 @@
 """Shared helpers for chunked linear-recurrence kernels: padding, chunk layout, matmul precision."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -90,6 +92,29 @@ def pad_state(s: jax.Array, dk: int, dv: int) -> jax.Array:
     if s.shape[-2:] == (dk, dv):
         return s
     return jnp.pad(s, [(0, 0)] * (s.ndim - 2) + [(0, dk - s.shape[-2]), (0, dv - s.shape[-1])])
+
+
+def strided_gpu_io() -> bool:
+    """Whether the Mosaic GPU kernels read and write the op layout [B, T, H, D] in place (strided TMA windows;
+    the default). AIRA_GPU_STRIDED_TMA=0 makes them see heads as batch rows instead (call_heads_as_batch): a
+    transpose copy in and out, the layout the kernels had before, for a machine whose TMA rejects the strides."""
+    return os.environ.get("AIRA_GPU_STRIDED_TMA", "1") != "0"
+
+
+def call_heads_as_batch(fn, q, k, v, vecs, *, initial_state=None, output_final_state=False, **kwargs):
+    """fn(q, k, v, *vecs, ...) on heads moved into the batch ([B, T, H, ...] -> [B*H, T, 1, ...]; states
+    [B, H, Dk, Dv] -> [B*H, 1, Dk, Dv]), with the results moved back. Exact: the heads are independent."""
+    b, t, h = q.shape[:3]
+
+    def rows(x):
+        return None if x is None else jnp.swapaxes(x, 1, 2).reshape(b * h, t, 1, *x.shape[3:])
+
+    s0 = None if initial_state is None else initial_state.reshape(b * h, 1, *initial_state.shape[2:])
+    out = fn(rows(q), rows(k), rows(v), *map(rows, vecs), initial_state=s0, output_final_state=output_final_state,
+             **kwargs)
+    o, s = out if output_final_state else (out, None)
+    o = jnp.swapaxes(o.reshape(b, h, t, o.shape[-1]), 1, 2)
+    return (o, s.reshape(b, h, *s.shape[2:])) if output_final_state else o
 
 
 def check_state(name: str, state, q, v) -> None:

@@ -116,6 +116,18 @@ def test_gpu_kernels_read_and_write_the_op_layout_in_place(op, scheme, launches)
     assert not moved, f"{op}: layout copies of large tensors around the kernels: {moved}"
 
 
+def test_heads_as_batch_fallback_lowers_and_is_the_copying_layout(monkeypatch):
+    """AIRA_GPU_STRIDED_TMA=0 (for a machine whose TMA rejects the strided windows): the kernels see heads as
+    batch rows, contiguous windows as before, at the price of the transposes; it must lower as well."""
+    monkeypatch.setenv("AIRA_GPU_STRIDED_TMA", "0")
+    kernel, _ = _op("delta_rule", "chunked")
+    x, vec, s0 = _inputs(jnp.bfloat16, 128)
+    _, grad = _forward_and_grad(kernel)
+    assert "mosaic_gpu" in _lower(grad, x, x, x, vec, s0)
+    eqns, _ = _outside_kernels(jax.make_jaxpr(grad)(x, x, x, vec, s0).jaxpr)
+    assert any(e.primitive.name == "transpose" and e.invars[0].aval.size == x.size for e in eqns)
+
+
 def test_smem_model_agrees_with_mosaic_where_the_kernel_refuses():
     """fp32 D128 is refused by applies() (SMEM); lowering it anyway must fail on shared memory, not elsewhere."""
     x, vec, s0 = _inputs(jnp.float32, 128)

@@ -222,6 +222,15 @@ def test_gpu_kernel_matches_oracle_in_gpu_interpreter(scheme):
                          with_state=True)
 
 
+def test_gpu_kernels_with_heads_as_batch_match_oracle(monkeypatch):
+    """AIRA_GPU_STRIDED_TMA=0: the same kernels on heads moved into the batch (contiguous TMA windows)."""
+    monkeypatch.setenv("AIRA_GPU_STRIDED_TMA", "0")
+    kernel = lambda *a, **kw: gdr_gpu.chunk_gated_delta_rule_gpu(  # noqa: E731
+        *a, interpret=GPU_INTERPRET, scheme="chunked", **kw)
+    check_against_oracle(kernel, fresh_seed(), b=2, t=70, h=2, dk=64, dv=128, dtype=jnp.bfloat16, gated=True,
+                         with_state=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", gdr_gpu.SCHEMES)
 def test_gpu_delta_rule_kernel_matches_oracle_in_gpu_interpreter(scheme):

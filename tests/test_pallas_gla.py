@@ -111,6 +111,11 @@ def test_head_dims_below_the_tile_are_zero_padded_exactly():
     check_against_oracle(jnp.bfloat16, b=1, t=70, h=1, dk=32, dv=32, with_state=True, fn=gpu_kernel)
 
 
+def test_gpu_kernels_with_heads_as_batch(monkeypatch):
+    monkeypatch.setenv("AIRA_GPU_STRIDED_TMA", "0")  # heads moved into the batch: contiguous TMA windows
+    check_against_oracle(jnp.bfloat16, b=2, t=70, h=2, dk=64, dv=64, with_state=True, fn=gpu_kernel)
+
+
 def test_gpu_kernels_interpreted_d128_two_value_blocks():
     check_against_oracle(jnp.bfloat16, b=1, t=128, h=2, dk=128, dv=128, with_state=False, fn=gpu_kernel)
 

@@ -6,6 +6,8 @@ the TPU kernels'):
     gradients run one CTA per (head, chunk).
   * "fused" (gpu_fused.py): one sequential sweep per (batch, head, value block) does a chunk's whole math.
 `scheme=` or the AIRA_GPU_DELTA_SCHEME environment variable picks one; bench/kernels.py times both.
+Both read and write the op layout [B, T, H, D] in place (gpu_common.OpSlices); AIRA_GPU_STRIDED_TMA=0 runs them on
+heads moved into the batch instead (common.call_heads_as_batch: contiguous windows, transposes around them).
 
 Limits: every kernel's SMEM must fit gpu_common.SMEM_BUDGET (`applies` sizes them; tests/test_kernel_lowering.py
 checks the largest accepted case against Mosaic's own count): bf16 head dims up to 128 (Dv in 64-column value
@@ -54,8 +56,13 @@ def chunk_gated_delta_rule_gpu(q, k, v, g, beta, *, scale=None, initial_state=No
     """
     scheme = _scheme(scheme)
     make = lambda gated, sc, dt: _pair(gated, sc, dt, interpret, scheme)  # noqa: E731
-    return vjp.run(make, q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                   output_final_state=output_final_state, chunk_size=chunk_size, head_dims=GPU_HEAD_DIMS)
+
+    def run(q, k, v, g, beta, **kw):
+        return vjp.run(make, q, k, v, g, beta, scale=scale, chunk_size=chunk_size, head_dims=GPU_HEAD_DIMS, **kw)
+    if not common.strided_gpu_io():  # AIRA_GPU_STRIDED_TMA=0: heads as batch rows (contiguous windows)
+        return common.call_heads_as_batch(run, q, k, v, (g, beta), initial_state=initial_state,
+                                          output_final_state=output_final_state)
+    return run(q, k, v, g, beta, initial_state=initial_state, output_final_state=output_final_state)
 
 
 def fits_smem(gated: bool, dk: int, dv: int, dtype, scheme: str | None = None) -> bool:

@@ -348,9 +348,13 @@ def simple_gla_gpu(q, k, v, g, *, scale=None, initial_state=None, output_final_s
     """aira_jax.ops.simple_gla on Mosaic GPU (Hopper); `interpret=plgpu.InterpretGPUParams()` runs it on CPU."""
     if chunk_size != 64:
         raise ValueError(f"simple_gla gpu kernel: chunk_size must be 64 (wgmma's M), got {chunk_size}")
-    return vjp.run(_core, q, k, v, g, scale=scale, initial_state=initial_state,
-                   output_final_state=output_final_state, chunk_size=chunk_size, interpret=interpret,
-                   head_dims=GPU_HEAD_DIMS, op_layout=True)
+    def run(q, k, v, g, **kw):
+        return vjp.run(_core, q, k, v, g, scale=scale, chunk_size=chunk_size, interpret=interpret,
+                       head_dims=GPU_HEAD_DIMS, op_layout=True, **kw)
+    if not common.strided_gpu_io():  # AIRA_GPU_STRIDED_TMA=0: heads as batch rows (contiguous windows)
+        return common.call_heads_as_batch(run, q, k, v, (g,), initial_state=initial_state,
+                                          output_final_state=output_final_state)
+    return run(q, k, v, g, initial_state=initial_state, output_final_state=output_final_state)
 
 
 def applies(q, k, v, g, *, chunk_size=64, check_device=True, **_) -> bool:
