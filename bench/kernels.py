@@ -379,7 +379,7 @@ def main(argv=None):
         return fla_child(a)
 
     # fla first, in its own process, before JAX touches the GPU (JAX preallocates most of its memory); then
-    # every JAX case, saving the table after each op so a step timeout still leaves the rows measured so far.
+    # every JAX case by priority, saving the table after each case so a step timeout keeps what was measured.
     rows = fla_rows(a) if "fla" in impls else []
     for r in rows:
         print(json.dumps(r), flush=True)
