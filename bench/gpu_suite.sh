@@ -72,14 +72,15 @@ step() {  # name, seconds, command...   (sets LAST_RC: the command's exit status
 # Issue 6 (Pallas kernels). Every Mosaic GPU kernel compiles on first use (MLIR passes, LLVM, ptxas) and each
 # sequence length is its own kernel, so compiles cost much of the device time: kernels.py runs its cases by
 # priority (D128 shapes first; per op the XLA reference, then the kernel, checked against it: output and
-# gradients), saves the table after every case and gives each kernel row its compile seconds (timed ahead of
-# its runs). A case whose runs (compiles excluded: slow is not hung) pass --case_timeout is taken for a hung
-# kernel: the stacks are dumped, the table saved, and kernels.py exits with status 3. To finish what a first call
-# left out: SUITE_ONLY=kernels KERNELS_S=300 KERNELS_ARGS="--ops=simple_gla" (any kernels.py flags).
+# gradients), saves the table after every case and gives each kernel row its compile seconds (XLA's, plus the
+# first call, where Mosaic GPU compiles its kernels). A case whose timed runs pass --case_timeout, or whose
+# compiles and first calls pass --compile_timeout, is taken for a hung kernel: the stacks are dumped, the table
+# saved, and kernels.py exits with status 3. To finish what a first call left out: SUITE_ONLY=kernels KERNELS_S=300
+# KERNELS_ARGS="--ops=simple_gla" (any kernels.py flags).
 python3 -c "import pytest" 2>/dev/null || echo "pytest is missing: carry the pytest, pluggy and iniconfig wheels in .whl/"
 GPU_TESTS="tests/test_pallas_gpu.py tests/test_pallas_delta.py"
 step kernels "${KERNELS_S:-250}" python3 bench/kernels.py --iters=10 --fla_timeout=80 --case_timeout=60 \
-  ${KERNELS_ARGS:-}
+  --compile_timeout=200 ${KERNELS_ARGS:-}
 # Kernels that fail outright (errors, not a hang) may be the strided TMA windows of the op layout: then the same
 # kernels once more with heads moved into the batch (AIRA_GPU_STRIDED_TMA=0: contiguous windows, transposes
 # around them), at the D128 shapes; if that works, every later step keeps that setting.
@@ -87,7 +88,7 @@ if [ "$LAST_RC" = "0" ] && grep -q '"impl": "pallas", "error"' "$OUT/kernels.log
     && ! grep -qE '"impl": "pallas".*"fwd_ms"' "$OUT/kernels.log"; then
   echo "!!! every kernel case failed: retrying with AIRA_GPU_STRIDED_TMA=0 (heads as batch rows)"
   step kernels_heads_as_batch 150 env AIRA_GPU_STRIDED_TMA=0 python3 bench/kernels.py --impls=pallas,xla \
-    --case_timeout=60 --profile= --out=bench/results/heads_as_batch \
+    --case_timeout=60 --compile_timeout=120 --profile= --out=bench/results/heads_as_batch \
     ${KERNELS_RETRY_ARGS:---iters=10 --shapes=8x2048x8x128,2x8192x8x128}
   if grep -qE '"impl": "pallas".*"fwd_ms"' "$OUT/kernels_heads_as_batch.log"; then
     export AIRA_GPU_STRIDED_TMA=0; LAST_RC=0

@@ -95,7 +95,7 @@ def test_cases_run_by_priority_and_kernels_are_checked_against_xla(tmp_path, mon
     assert 0.005 < kernel["rel_vs_xla"] < 0.015 and 0.005 < kernel["grad_rel_vs_xla"] < 0.015, kernel
     xla = next(r for r in rows if r["impl"] == "xla")
     assert "rel_vs_xla" not in xla
-    assert kernel["fwd_compile_s"] > 0 and kernel["fb_compile_s"] > 0
+    assert kernel["fwd_compile_s"] > 0 and kernel["fb_compile_s"] > 0 and kernel["fb_first_call_s"] > 0
 
 
 @pytest.mark.parametrize("flag,phase", [("--compile_timeout=0.01", "compile"), ("--case_timeout=0.001", "run")])
