@@ -38,10 +38,9 @@ def _outermost(events):
     return out
 
 
-def _events(xplane_path: str) -> tuple[list[tuple[str, float]], str]:
-    """(name, duration in ns) of every kernel event, and where they came from ("device" or "host")."""
-    from jax.profiler import ProfileData
-    data = ProfileData.from_file(xplane_path)
+def events(data) -> tuple[list[tuple[str, float]], str]:
+    """(name, duration in ns) of every kernel event of a jax.profiler.ProfileData, and where they came from:
+    "device" (the device planes' stream lines: one event per launch) or "host" (the CPU fallback)."""
     device, host = [], []
     for plane in data.planes:
         if plane.name.startswith("/device:"):
@@ -73,6 +72,7 @@ def summarize(events: list[tuple[str, float]], calls: int) -> list[dict]:
 def profile(fn, args, iters: int = 3, top: int = 12) -> dict:
     """Kernel breakdown of fn(*args) (jitted; outputs are waited for): see the module doc. Never raises."""
     import jax
+    from jax.profiler import ProfileData
     try:
         jax.block_until_ready(fn(*args))
         with tempfile.TemporaryDirectory() as log_dir:
@@ -84,10 +84,10 @@ def profile(fn, args, iters: int = 3, top: int = 12) -> dict:
             paths = glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)
             if not paths:
                 return {"error": "the profiler wrote no trace"}
-            events, source = _events(max(paths, key=os.path.getmtime))
+            found, source = events(ProfileData.from_file(max(paths, key=os.path.getmtime)))
     except Exception as e:  # a benchmark keeps its row without a breakdown
         return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    rows = summarize(events, iters)
+    rows = summarize(found, iters)
     return {"source": source, "iters": iters, "busy_us": sum(r["us"] for r in rows), "wall_ms": wall_ms,
             "kernels": rows[:top], "other_kernels": max(0, len(rows) - top)}
 

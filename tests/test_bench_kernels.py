@@ -110,3 +110,29 @@ def test_a_case_past_its_timeout_is_a_hang_exit_3_with_the_table_saved(tmp_path,
     assert f"'xla', '{phase}') still running" in out.stdout
     (md,) = [p for p in tmp_path.iterdir() if p.suffix == ".md"]
     assert f"FAILED: timeout: {phase} still running after" in md.read_text()
+
+
+def test_profile_reads_device_streams_and_skips_derived_lines():
+    """A GPU trace (built here as an XSpace text proto): kernel launches on the stream lines count, the "XLA Ops"
+    line that re-lists them does not, and the host fallback is not used when a device plane has events."""
+    from jax.profiler import ProfileData
+    prof = load_bench("device_profile")
+    text = """
+    planes { id: 1 name: "/device:GPU:0"
+      lines { id: 1 name: "Stream #13(compute)" timestamp_ns: 1000
+        events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 }
+        events { metadata_id: 2 offset_ps: 6000000 duration_ps: 1000000 }
+        events { metadata_id: 1 offset_ps: 8000000 duration_ps: 5000000 } }
+      lines { id: 2 name: "XLA Ops" timestamp_ns: 1000 events { metadata_id: 3 offset_ps: 0 duration_ps: 9000000 } }
+      event_metadata { key: 1 value { id: 1 name: "delta_rule_grads_k128_v64_bfloat16" } }
+      event_metadata { key: 2 value { id: 2 name: "loop_reduce_fusion" } }
+      event_metadata { key: 3 value { id: 3 name: "custom-call.1" } } }
+    planes { id: 2 name: "/host:CPU"
+      lines { id: 1 name: "tf_XLAEigen/1" events { metadata_id: 1 offset_ps: 0 duration_ps: 7000000 } }
+      event_metadata { key: 1 value { id: 1 name: "host_op" } } }
+    """
+    found, source = prof.events(ProfileData.from_text_proto(text))
+    assert source == "device"
+    rows = prof.summarize(found, calls=2)
+    assert [(r["name"], r["launches"], r["us"]) for r in rows] == [
+        ("delta_rule_grads_k128_v64_bfloat16", 1.0, 5.0), ("loop_reduce_fusion", 0.5, 0.5)]
