@@ -171,8 +171,8 @@ def jax_case(op, shape, impl, a, refs: dict, to_profile: list, watchdog: "Watchd
             jax.block_until_ready(f(*args))
             row[f"{name}_first_call_s"] = time.perf_counter() - t0
         watch("run", a.case_timeout)
-        row["fwd_ms"] = time_jax(fwd, args, a.iters, a.warmup + 1)
-        row["fb_ms"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup + 1)
+        row["fwd_ms"] = time_jax(fwd, args, a.iters, a.warmup)
+        row["fb_ms"] = time_jax(grad, args, max(1, a.iters // 2), a.warmup)
         out = np.asarray(fwd(*args), np.float32)
         grads = [np.asarray(g, np.float32) for g in grad(*args)]
         if impl == "xla":

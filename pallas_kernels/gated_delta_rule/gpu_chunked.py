@@ -128,8 +128,8 @@ def _states_kernel(*refs, m, keys, heads, blocks, num_chunks):
     s0_ref, states_ref, sfin_ref = next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
     k_s, w_s, u_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(8))
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar0)([(op.state(s0_ref), st_s)])
     s0 = plgpu.load(st_s, layout=WGMMA)
@@ -160,8 +160,8 @@ def _output_kernel(*refs, m, keys, heads, blocks):
     states_ref, o_ref = next(it), next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, u_s, g_s, st_s, vec_s, bar = (next(it) for _ in range(8))
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
@@ -181,8 +181,8 @@ def _dstates_kernel(*refs, m, keys, heads, blocks, num_chunks):
     do_ref, dsf_ref, dstates_ref, ds0_ref = next(it), next(it), next(it), next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, w_s, do_s, g_s, st_s, vec_s, bar0, bar = (next(it) for _ in range(9))
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     _loader(bar0)([(op.state(dsf_ref), st_s)])
     ds_fin = plgpu.load(st_s, layout=WGMMA)
@@ -217,8 +217,8 @@ def _grads_kernel(*refs, m, keys, heads, blocks):
     dbeta_ref = next(it)
     bufs = {key: next(it) for key in keys}
     q_s, k_s, v_s, do_s, b_s, g_s, st_s, dst_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(12))
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     n = lax.axis_index("n")
     rows = pl.ds(n * CHUNK, CHUNK)
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)

@@ -143,12 +143,6 @@ def scratch(keys, extra):
     return bufs + extra
 
 
-def program_ids(blocks: int):
-    """(row of the per-value-block arrays, row of the per-head arrays) of this CTA: of B*H*blocks and of B*H rows."""
-    bhv = lax.axis_index("bh")
-    return bhv, (bhv if blocks == 1 else lax.div(bhv, blocks))
-
-
 class OpSlices:
     """One CTA's windows into arrays in the op layout [B, T, H, D], read and written in place by TMA.
 
@@ -160,18 +154,21 @@ class OpSlices:
     written in place too ([B, H, Dk, Dv]).
 
     bh: the (batch, head) row; j: the value block (a traced or static index); blocks: value blocks per head.
+    row: the CTA's row of the per-value-block arrays (B*H*blocks rows; bh when there is one block).
     """
 
-    def __init__(self, bh, heads: int, blocks: int, j=0):
+    def __init__(self, bh, heads: int, blocks: int, j=0, row=None):
+        self.bh, self.row = bh, (bh if row is None else row)
         self.b, self.h = lax.div(bh, heads), lax.rem(bh, heads)
         self.blocks, self.j = blocks, j
 
     @classmethod
-    def of_row(cls, bhv, heads: int, blocks: int) -> "OpSlices":
-        """From a row of the per-value-block grid (batch*heads*blocks rows)."""
+    def of_cta(cls, heads: int, blocks: int) -> "OpSlices":
+        """This CTA's, on the per-value-block grid (axis "bh": batch*heads*blocks rows)."""
+        row = lax.axis_index("bh")
         if blocks == 1:
-            return cls(bhv, heads, 1)
-        return cls(lax.div(bhv, blocks), heads, blocks, lax.rem(bhv, blocks))
+            return cls(row, heads, 1)
+        return cls(lax.div(row, blocks), heads, blocks, lax.rem(row, blocks), row)
 
     def head(self, ref, rows):
         """q-like [B, T, H, Dk] -> this head's [rows, Dk]."""
@@ -193,9 +190,9 @@ class OpSlices:
         return ref.at[self.j, self.b, rows, self.h]
 
 
-def partials_shape(x, blocks: int, dtype=None) -> jax.ShapeDtypeStruct:
+def partials_shape(x, blocks: int) -> jax.ShapeDtypeStruct:
     """Per-value-block partial gradients of a q-like x [B, T, H, D]: [blocks, B, T, H, D] (see OpSlices.partial)."""
-    return jax.ShapeDtypeStruct((blocks, *x.shape), dtype or x.dtype)
+    return jax.ShapeDtypeStruct((blocks, *x.shape), x.dtype)
 
 
 def sum_partials(y):

@@ -55,8 +55,8 @@ def _forward_kernel(*refs, m, keys, save_states, num_chunks, heads, blocks):
     q_s, k_s, v_s, g_s, b_s, st_s, vec_s, bar = (next(it) for _ in range(8))
     t_s = next(it) if save_states else None
     o_s = v_s  # v is in registers once the chunk math has started: its tile stages the output
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
@@ -107,8 +107,8 @@ def _backward_kernel(*refs, m, keys, num_chunks, heads, blocks):
     bufs = {key: next(it) for key in keys}
     q_s, k_s, v_s, do_s, g_s, b_s, st_s, vo_s, vec_s, t_s, bar = (next(it) for _ in range(11))
     dq_s, dk_s, dv_s = q_s, k_s, v_s  # the inputs are in registers once the chunk math runs: reuse their tiles
-    bhv, bh = gc.program_ids(blocks)
-    op = gc.OpSlices.of_row(bhv, heads, blocks)
+    op = gc.OpSlices.of_cta(heads, blocks)
+    bhv, bh = op.row, op.bh
     gm = gc.GpuMath(m.gated, m.scale, m.mm_dtype, bufs=bufs, vec_smem=vec_s)
     c = CHUNK
 
