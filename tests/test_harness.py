@@ -302,8 +302,6 @@ def test_restore_trained_run_matches_trainer_validation(tmp_path):
   c.train.update(seq_len=32, global_batch=4, max_steps=3, warmup_steps=1, eval_every=0, eval_batches=1,
                  checkpoint_every=0, compute_dtype='float32', tensorboard=False)
   summary = train(c, str(tmp_path))
-  if not (tmp_path / 'config.json').exists():  # older trainers do not write it yet
-    (tmp_path / 'config.json').write_text(c.to_json(), encoding='utf-8')
   run = load_run(tmp_path)
   assert run.step == 3
   val = bpb_lib.evaluate_run_bpb(run.model, run.tokenizer, run.config)
@@ -311,5 +309,6 @@ def test_restore_trained_run_matches_trainer_validation(tmp_path):
   fresh = load_run(tmp_path, random_init=True)
   assert bpb_lib.evaluate_run_bpb(fresh.model, fresh.tokenizer, fresh.config)['loss'] != pytest.approx(val['loss'])
   assert load_run(checkpoint=tmp_path / 'checkpoints' / '3').step == 3  # config from the dir above
+  assert load_run(checkpoint=tmp_path).step == 3  # a run directory (or a gallery entry) as --checkpoint
   with pytest.raises(FileNotFoundError, match='config.json'):
     load_run(tmp_path / 'checkpoints')

@@ -190,6 +190,23 @@ def test_train_end_to_end_outputs(tmp_path):
   assert again['final_val_loss'] == pytest.approx(summary['final_val_loss'], rel=1e-6)
 
 
+def test_sentencepiece_without_a_path_lives_in_the_workdir(tmp_path):
+  """tokenizer=sentencepiece with no spm_model_path: trained once into the workdir, reused on resume."""
+  c = _tiny_config(max_steps=2, eval_every=0, eval_batches=1, checkpoint_every=0, tensorboard=False)
+  c.data.update(tokenizer='sentencepiece', spm_vocab_size=512, spm_train_docs=100)
+  summary = train(c, str(tmp_path))
+  model_file = tmp_path / trainer_lib.SPM_FILE
+  assert model_file.is_file() and c.data.spm_model_path == ''  # the caller's config is untouched
+  saved = json.load(open(tmp_path / 'config.json', encoding='utf-8'))
+  assert saved['data']['spm_model_path'] == str(model_file)
+  assert summary['param_counts']['embedding'] == 512 * 32  # the vocabulary of the trained model
+  before = model_file.stat().st_mtime_ns
+  c.train.max_steps = 3
+  again = train(c, str(tmp_path))
+  assert again['resumed_from_step'] == 2 and again['steps'] == 3
+  assert model_file.stat().st_mtime_ns == before  # loaded, not trained again
+
+
 def test_grad_accumulation_matches_one_big_batch(tmp_path):
   """Tolerance 1e-5 relative: same math, different summation order of the batch mean."""
   base = train(_tiny_config(max_steps=4, log_every=1, eval_batches=0, checkpoint_every=0,

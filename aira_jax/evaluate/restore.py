@@ -33,9 +33,15 @@ class LoadedRun:
 
 
 def _split_checkpoint_path(checkpoint: Path) -> tuple[Path, int | None]:
-  """<dir>/checkpoints/<step> -> (<dir>/checkpoints, step); <dir>/checkpoints -> (it, None)."""
+  """<dir>/checkpoints/<step> -> (<dir>/checkpoints, step); <dir>/checkpoints -> (it, None).
+
+  A run directory itself (config.json and checkpoints/ in it, as a training workdir or a gallery entry) stands
+  for its checkpoints directory.
+  """
   if checkpoint.name.isdigit() and checkpoint.is_dir():
     return checkpoint.parent, int(checkpoint.name)
+  if (checkpoint / CONFIG_FILE).is_file() and (checkpoint / 'checkpoints').is_dir():
+    return checkpoint / 'checkpoints', None
   return checkpoint, None
 
 
@@ -99,7 +105,7 @@ def load_run(workdir: str | Path | None = None, *, checkpoint: str | Path | None
   """
   from aira_jax import data, models  # pylint: disable=g-import-not-at-top
   from aira_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from aira_jax.train import schedules, sharding, state as state_lib  # pylint: disable=g-import-not-at-top
+  from aira_jax.train import metrics, schedules, sharding, state as state_lib  # pylint: disable=g-import-not-at-top
   build_model = build_model or models.build_model
   make_tokenizer = make_tokenizer or data.make_tokenizer
 
@@ -124,6 +130,7 @@ def load_run(workdir: str | Path | None = None, *, checkpoint: str | Path | None
   ckpt_dir = ckpt_dir or (workdir / 'checkpoints' if workdir else None)
   if ckpt_dir is None or not ckpt_dir.is_dir():
     raise FileNotFoundError(f'no checkpoints directory in {workdir} (use random_init for an untrained model)')
+  metrics.quiet_orbax_logs()
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   tx = schedules.make_optimizer(cfg.train)
   setup = state_lib.setup_state(build_model, model_cfg, int(cfg.seed), tx, mesh)

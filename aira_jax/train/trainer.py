@@ -82,6 +82,23 @@ def _eval(eval_fn, state, eval_batches, batch_sh) -> dict[str, float]:
   return {'val_loss': loss, 'val_bpb': bpb, 'val_tokens': sums['weight_sum']}
 
 
+SPM_FILE = 'tokenizer.model'
+
+
+def _with_workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """A sentencepiece run without spm_model_path keeps its tokenizer in the workdir (trained there once).
+
+  The path goes into the run's config.json, so a resume, an evaluation or a gallery export finds it.
+  """
+  data = config.data
+  if data.tokenizer != 'sentencepiece' or data.get('spm_model_path'):
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as given
+  config.data.spm_model_path = os.path.abspath(os.path.join(workdir, SPM_FILE))
+  logging.info('data.spm_model_path not set: the sentencepiece model lives at %s', config.data.spm_model_path)
+  return config
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders | None = None,
           exit_after_step: int | None = None) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming from its checkpoints) and returns the summary.
@@ -91,6 +108,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   """
   validate_config(config)
   metrics_lib.quiet_orbax_logs()
+  config = _with_workdir_tokenizer(config, workdir)
   tc = config.train
   shd.initialize_distributed(bool(config.multihost))
   t_run = time.time()
