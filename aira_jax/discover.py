@@ -7,7 +7,8 @@
 Resumable: rerunning the same command continues where it stopped (the store in the workdir is the state).
 Ctrl-C once finishes the current step and stops; twice abandons it (nothing recorded is lost). Progress is shown
 live (plain lines when the output is not a terminal); at the end the leaderboard of the top designs is printed
-and written to DIR/leaderboard.md and .json. Exit status: 0 done, 1 the loop could not go on, 2 usage error,
+and written to DIR/leaderboard.md and .json, and the run's report to DIR/report.md (`python -m aira_jax.report`
+rewrites it at any time). Exit status: 0 done, 1 the loop could not go on, 2 usage error,
 130 interrupted.
 """
 from __future__ import annotations
@@ -141,9 +142,13 @@ def main(argv: list[str] | None = None) -> int:
           f"workdir {workdir}", flush=True)
     try:
         summary = loop.run()
+        report = loop.report()
     except LoopError as e:
         print(f"error: {e}", file=sys.stderr)
         print(loop.leaderboard(top=f.top.value))
+        report = loop.report()
+        if report:
+            print(f"Report: {report}")
         return EXIT_FAILED
     finally:
         loop.store.close()
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.leaderboard if f.top.value == 10 else loop.leaderboard(top=f.top.value))
     print(f"\n{summary.trained} trained designs; stopped: {summary.stopped_because}; {summary.wall_s:.0f} s; "
           f"LLM cost ${summary.cost_usd:.4f}. Store: {os.path.join(workdir, 'store.sqlite')}")
+    if report:
+        print(f"Report: {report}")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 

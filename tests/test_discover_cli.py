@@ -79,6 +79,12 @@ def test_ctrl_c_then_resume_to_the_leaderboard(tmp_path):
     rows = json.load(open(workdir / "leaderboard.json"))
     assert {r["name"] for r in rows} >= {"deltanet"} and len(rows) == 2
     assert all(r["val_loss"] is not None for r in rows)
+    # ... and writes the report, whose leaderboard is the loop's.
+    assert f"Report: {workdir / 'report.md'}" in out
+    report = (workdir / "report.md").read_text(encoding="utf-8")
+    child = next(r for r in rows if r["name"] != "deltanet")
+    assert f": **[{child['name']}](#design-" in report and "| [deltanet](#design-deltanet) | (seed) |" in report
+    assert json.load(open(workdir / "run.json"))["seed"] == "deltanet"
     store = ExperimentStore(str(workdir / "store.sqlite"))
     assert len(store.experiments(design="deltanet")) == 1   # the seed was resumed, not duplicated
     store.close()

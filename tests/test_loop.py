@@ -104,6 +104,12 @@ def test_offline_loop_end_to_end_and_resume(tmp_path, fake_engineer):
                                           "summarizer"}
     assert "deltanet" in summary.leaderboard and "Δ vs seed" in summary.leaderboard
     assert (tmp_path / "leaderboard.md").exists() and json.load(open(tmp_path / "leaderboard.json"))
+    # run.json tells the report how this loop reads its store; the report ranks as the leaderboard does.
+    info = json.load(open(tmp_path / "run.json"))
+    assert info["seed"] == "deltanet" and info["fitness"]["terms"] == ["loss", "judge"] and info["scale"] == "tiny"
+    report = open(loop.report(), encoding="utf-8").read()
+    top = leaderboard_rows(loop.view())[0]
+    assert f"| 1 | [{top.name}](#design-{top.name.replace('.', '-').lower()})" in report
     assert "iter 1/2 | researcher" in out and "trained 2" in out   # plain progress lines (not a TTY)
     # Resume with a larger budget: only the new iterations run; nothing is retrained.
     loop.store.close()

@@ -33,6 +33,7 @@ from aira_jax.discovery.loop_workers import StopControl, WorkerPool, write_resol
 from aira_jax.discovery.progress import Progress
 from aira_jax.discovery.records import Design, DesignKind, Status, validate_name
 from aira_jax.discovery.store import ExperimentStore
+from aira_jax.report import RunInfo, report_workdir, write_run_info
 
 STORE_FILE = "store.sqlite"
 SEED_PRIORITY = 1000   # the seed's runs are claimed before any proposal
@@ -107,6 +108,7 @@ class DiscoveryLoop:
         self.fitness_cfg = fitness_config(cfg)
         self.pool_cfg = pool_config(cfg, seed_name=self.seed_name, scale=self.s.scale)
         self.store = store or ExperimentStore(os.path.join(self.workdir, STORE_FILE))
+        write_run_info(self.workdir, self.run_info())  # what the report needs to read the store as this loop does
         self.client = client or make_llm_client(cfg, self.workdir)
         self.progress = progress or Progress()
         self.stop = stop or StopControl(self.progress.event)
@@ -332,6 +334,21 @@ class DiscoveryLoop:
         return pool
 
     # ------------------------------------------------------------------------------------------ report
+    def run_info(self) -> RunInfo:
+        url = self.store.url
+        store = STORE_FILE if url.endswith(os.path.join(self.workdir, STORE_FILE)) else url  # no password in it
+        return RunInfo(seed=self.seed_name, scale=self.s.scale, fitness=dataclasses.asdict(self.fitness_cfg),
+                       store=store)
+
+    def report(self, top: int = 5) -> str | None:
+        """Writes report.md (and report.json, figures) in the workdir; returns its path, or None when it failed
+        (logged: a report never costs the run its records)."""
+        try:
+            return report_workdir(self.workdir, top=top)
+        except Exception as e:  # pylint: disable=broad-except
+            logging.warning("could not write the discovery report: %s: %s", type(e).__name__, e)
+            return None
+
     def leaderboard(self, top: int = 10) -> str:
         v = self.view()
         rows = leaderboard_rows(v)
@@ -347,6 +364,13 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def run_info_from_config(cfg: Any) -> RunInfo:
+    """The seed, scale and fitness rules a loop with this config uses (for reporting on a run without run.json)."""
+    s = loop_settings(cfg)
+    return RunInfo(seed=validate_name(s.seed_name or _seed_name(s.seed_design), "seed design name"), scale=s.scale,
+                   fitness=dataclasses.asdict(fitness_config(cfg)))
 
 
 def _seed_name(design: str) -> str:
