@@ -99,6 +99,7 @@ def test_report_says_what_the_run_found(run_dir):
     assert "> why a" in card and "> analysis of a" in card and "- no local attention" in card
     assert "Cognition retrieved: forget-gate" in card and "**Judge** (test-judge): 6.50/10" in card
     assert "-        return x\n+        return x * gate" in card and card.count("```diff") == 1
+    assert f"python -m aira_jax.gallery export --store={run_dir / 'store.sqlite'} --design=a" in card
     # LLM use per role, the malformed log line skipped.
     assert "| researcher | 2 | 1 | 200 | 20 | 0.0100 |" in text and "| judge | 1 | 0 |" in text
     assert "LLM backend: openai." in text

@@ -76,6 +76,7 @@ class RunReport:
     started_at: float | None
     last_record_at: float | None
     fitness_rules: str = ""          # how fitness was computed, for people
+    store: str = ""                  # the store's URL (no password), for the gallery export commands
 
     def ranked(self) -> list[DesignRow]:
         """Designs with a validation loss, best fitness first (then lower loss)."""
@@ -197,7 +198,8 @@ def fitness_rules(cfg: Any, *, inferred: bool = False) -> str:
     return text
 
 
-def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferred: bool = False) -> RunReport:
+def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferred: bool = False,
+            store: str = "") -> RunReport:
     """The report's content for the run in `workdir` (its store read through `view`); `inferred`: the run's
     settings were read off the store, not from run.json (said in the report)."""
     rows = tuple(_design_row(view, n) for n in view.designs)
@@ -209,4 +211,4 @@ def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferr
                      noise_floor=b.loss_std if b else None, seed_loss=b.loss_mean if b else None,
                      seed_runs=b.num_seeds if b else 0, designs=rows, llm=llm, backends=backends,
                      started_at=min(times) if times else None, last_record_at=max(updates) if updates else None,
-                     fitness_rules=fitness_rules(view.fitness_cfg, inferred=inferred))
+                     fitness_rules=fitness_rules(view.fitness_cfg, inferred=inferred), store=store)

@@ -168,6 +168,9 @@ def design_card(rep: RunReport, d: DesignRow, rank: int) -> list[str]:
     diff = program_diff(parent, d)
     if diff:
         out += ["**Change against the parent**", "", *diff, ""]
+    if d.val_loss is not None and rep.store:
+        out += ["Keep it (program, config, metrics, lineage and Orbax checkpoint) in the gallery:", "",
+                f"    python -m aira_jax.gallery export --store={rep.store} --design={d.name}", ""]
     return out
 
 
