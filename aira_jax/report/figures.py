@@ -22,6 +22,20 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, ax, path: str, *, xlabel: str, ylabel: str, title: str, legend_loc: str) -> tuple[str, str]:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, ""
+
+
 def progress_figure(report: RunReport, path: str) -> tuple[str | None, str]:
     """Fitness of every proposal in the order it was made, the best so far, and where proposals were stopped."""
     proposals = [d for d in report.designs if d.parent is not None]
@@ -49,17 +63,8 @@ def progress_figure(report: RunReport, path: str) -> tuple[str | None, str]:
                    label="rejected or failed")
     if seed is not None and seed.fitness is not None:
         ax.axhline(seed.fitness, color="gray", linestyle="--", linewidth=1, label=f"seed ({report.seed})")
-    ax.set_xlabel("proposal (in the order made)")
-    ax.set_ylabel("fitness")
-    ax.set_title("Search progress")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path, ""
+    return _finish(plt, fig, ax, path, xlabel="proposal (in the order made)", ylabel="fitness",
+                   title="Search progress", legend_loc="best")
 
 
 def loss_curves_figure(rows: Sequence[DesignRow], seed: DesignRow | None, path: str) -> tuple[str | None, str]:
@@ -77,13 +82,5 @@ def loss_curves_figure(rows: Sequence[DesignRow], seed: DesignRow | None, path: 
         is_seed = seed is not None and r.name == seed.name
         ax.plot(steps, losses, linestyle="--" if is_seed else "-", color="black" if is_seed else None,
                 linewidth=1.2, label=f"{r.name} (seed)" if is_seed else r.name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training curves (one seed each)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path, ""
+    return _finish(plt, fig, ax, path, xlabel="step", ylabel="training loss", title="Training curves (one seed each)",
+                   legend_loc="upper right")
