@@ -109,7 +109,7 @@ def test_offline_loop_end_to_end_and_resume(tmp_path, fake_engineer):
     assert info["seed"] == "deltanet" and info["fitness"]["terms"] == ["loss", "judge"] and info["scale"] == "tiny"
     report = open(loop.report(), encoding="utf-8").read()
     top = leaderboard_rows(loop.view())[0]
-    assert f"| 1 | [{top.name}](#design-{top.name.replace('.', '-').lower()})" in report
+    assert f"| 1 | [{top.name}](#design-{top.name})" in report and f'<a id="design-{top.name}"></a>' in report
     assert "iter 1/2 | researcher" in out and "trained 2" in out   # plain progress lines (not a TTY)
     # Resume with a larger budget: only the new iterations run; nothing is retrained.
     loop.store.close()

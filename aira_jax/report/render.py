@@ -28,7 +28,8 @@ def _cell(text: str) -> str:
 
 
 def _anchor(name: str) -> str:
-    return "design-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
+    """The card's HTML id: the design name as it is (names are unique, so ids are), odd characters replaced."""
+    return "design-" + re.sub(r"[^A-Za-z0-9._-]", "-", name)
 
 
 def _quote(text: str) -> list[str]:
