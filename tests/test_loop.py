@@ -80,8 +80,11 @@ def run_loop(cfg, workdir, client=None, **kw):
 
 
 # ------------------------------------------------------------------------------------------------ offline, fast
-def test_offline_loop_end_to_end_and_resume(tmp_path, fake_engineer):
+def test_offline_loop_end_to_end_and_resume(tmp_path, fake_engineer, monkeypatch):
+    monkeypatch.setattr(loop_lib, "REPORT_EVERY_S", 0.0)
     loop, summary, out = run_loop(discovery_config(), tmp_path)
+    live = open(tmp_path / "report.md", encoding="utf-8").read()   # refreshed while running, after analyses
+    assert "## Leaderboard" in live and "deltanet" in live
     assert summary.stopped_because == "2 iterations done" and summary.trained == 2 and not summary.interrupted
     assert fake_engineer.calls[0] == ("deltanet", (0, 1))            # the seed first, over its baseline seeds
     assert all(seeds == (0,) for _, seeds in fake_engineer.calls[1:])

@@ -36,6 +36,7 @@ from aira_jax.discovery.store import ExperimentStore
 from aira_jax.report import RunInfo, report_workdir, write_run_info
 
 STORE_FILE = "store.sqlite"
+REPORT_EVERY_S = 300.0   # while running, report.md is refreshed after an analysis at most this often
 SEED_PRIORITY = 1000   # the seed's runs are claimed before any proposal
 
 
@@ -245,8 +246,12 @@ class DiscoveryLoop:
             failures = 0
             if self.workers > 1 and not self.stop.requested:
                 pool = self._start_workers()
+            last_report = time.monotonic()
             while not self.stop.requested:
-                self.analysis.run_pending(stop=lambda: self.stop.requested)
+                if self.analysis.run_pending(stop=lambda: self.stop.requested) \
+                        and time.monotonic() - last_report >= REPORT_EVERY_S:
+                    self.report()   # a live report.md for people watching a long run
+                    last_report = time.monotonic()
                 self._refresh()
                 if self.stop.requested:
                     break
