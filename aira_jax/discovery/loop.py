@@ -33,7 +33,7 @@ from aira_jax.discovery.loop_workers import StopControl, WorkerPool, write_resol
 from aira_jax.discovery.progress import Progress
 from aira_jax.discovery.records import Design, DesignKind, Status, validate_name
 from aira_jax.discovery.store import ExperimentStore
-from aira_jax.report import RunInfo, report_workdir, write_run_info
+from aira_jax.report import RunInfo, collect, write_report, write_run_info
 
 STORE_FILE = "store.sqlite"
 REPORT_EVERY_S = 300.0   # while running, report.md is refreshed after an analysis at most this often
@@ -339,17 +339,21 @@ class DiscoveryLoop:
         return pool
 
     # ------------------------------------------------------------------------------------------ report
+    def _store_in_workdir(self) -> bool:
+        return self.store.url.endswith(os.path.join(self.workdir, STORE_FILE))
+
     def run_info(self) -> RunInfo:
-        url = self.store.url
-        store = STORE_FILE if url.endswith(os.path.join(self.workdir, STORE_FILE)) else url  # no password in it
+        store = STORE_FILE if self._store_in_workdir() else self.store.url  # a server URL without its password
         return RunInfo(seed=self.seed_name, scale=self.s.scale, fitness=dataclasses.asdict(self.fitness_cfg),
                        store=store)
 
     def report(self, top: int = 5) -> str | None:
-        """Writes report.md (and report.json, figures) in the workdir; returns its path, or None when it failed
-        (logged: a report never costs the run its records)."""
+        """Writes report.md (and report.json, figures) in the workdir from this loop's own view of the store;
+        returns its path, or None when it failed (logged: a report never costs the run its records)."""
         try:
-            return report_workdir(self.workdir, top=top)
+            where = os.path.join(self.workdir, STORE_FILE) if self._store_in_workdir() else self.store.url
+            return write_report(collect(self.view(), self.workdir, llm_log=self.client.config.log_path,
+                                        store=where), top=top)
         except Exception as e:  # pylint: disable=broad-except
             logging.warning("could not write the discovery report: %s: %s", type(e).__name__, e)
             return None
