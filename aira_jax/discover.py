@@ -45,6 +45,10 @@ class _Flags:
         self.workers = flags.DEFINE_integer("workers", 1, "Training workers: 1 trains in this process; N > 1 "
                                             "starts N worker processes on the same store.", flag_values=fv,
                                             lower_bound=1)
+        self.store = flags.DEFINE_string("store", None, "Experiment store: a SQLite file or a database URL "
+                                         "(postgresql://user:password@host/db) that workers on other machines "
+                                         "join with `python -m aira_jax.discovery.worker --store=URL`. Default: "
+                                         "DIR/store.sqlite.", flag_values=fv)
         self.top = flags.DEFINE_integer("top", 10, "Rows of the leaderboard to print.", flag_values=fv,
                                         lower_bound=1)
         self.verbose = flags.DEFINE_bool("verbose", False, "Show INFO logs on stderr (always written to "
@@ -131,15 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     from aira_jax.discovery.llm import LLMError  # pylint: disable=import-outside-toplevel
     from aira_jax.discovery.loop import DiscoveryLoop, LoopError  # pylint: disable=import-outside-toplevel
     from aira_jax.discovery.loop_settings import ConfigError  # pylint: disable=import-outside-toplevel
+    from aira_jax.discovery.store import ExperimentStore  # pylint: disable=import-outside-toplevel
+    store = None
+    if f.store.value:
+        try:
+            store = ExperimentStore(f.store.value)
+        except Exception as e:  # pylint: disable=broad-except  (a bad URL, an unreachable server, no driver)
+            print(f"error: cannot open --store={f.store.value}: {type(e).__name__}: "
+                  f"{' '.join(str(e).split())[:300]}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        loop = DiscoveryLoop(cfg, workdir, workers=f.workers.value)
+        loop = DiscoveryLoop(cfg, workdir, workers=f.workers.value, store=store)
     except (ConfigError, LLMError, ValueError) as e:
+        if store is not None:
+            store.close()
         print(f"error: bad config: {e}", file=sys.stderr)
         return EXIT_USAGE
     backend = loop.client.config.backend
     print(f"AIRA-JAX discovery: seed {loop.seed_name}, {loop.s.max_iterations} iterations, LLM backend {backend}"
           f"{' (offline agents: heuristic, no LLM)' if backend == 'offline' else ''}, workers {f.workers.value}, "
           f"workdir {workdir}", flush=True)
+    store_url = loop.store.url.removeprefix("sqlite:///")   # a file path reads better than its URL
     try:
         summary = loop.run()
         report = loop.report()
@@ -155,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nLeaderboard (top {f.top.value}; Δ vs seed in noise-floor units, positive = lower loss):")
     print(summary.leaderboard if f.top.value == 10 else loop.leaderboard(top=f.top.value))
     print(f"\n{summary.trained} trained designs; stopped: {summary.stopped_because}; {summary.wall_s:.0f} s; "
-          f"LLM cost ${summary.cost_usd:.4f}. Store: {os.path.join(workdir, 'store.sqlite')}")
+          f"LLM cost ${summary.cost_usd:.4f}. Store: {store_url}")
     if report:
         print(f"Report: {report}")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK

@@ -42,6 +42,9 @@ def test_usage_errors(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
     assert discover.main(["discover", *TINY, f"--workdir={f}"]) == discover.EXIT_USAGE
+    assert discover.main(["discover", *TINY, f"--workdir={tmp_path}", "--store=nosuchdb://host/x"]) == \
+        discover.EXIT_USAGE
+    assert "cannot open --store=nosuchdb://host/x" in capsys.readouterr().err
 
 
 def _start(workdir, *extra):

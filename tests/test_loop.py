@@ -126,6 +126,19 @@ def test_offline_loop_end_to_end_and_resume(tmp_path, fake_engineer, monkeypatch
     loop2.store.close()
 
 
+@pytest.mark.postgres
+def test_loop_on_a_postgres_store_records_it_for_the_report(tmp_path, fake_engineer, postgres_url):
+    """`discover --store=postgresql://...`: the loop runs on the server; run.json and the report name that store."""
+    from aira_jax.discovery.store import ExperimentStore
+    loop, summary, _ = run_loop(discovery_config(max_iterations=1), tmp_path, store=ExperimentStore(postgres_url))
+    assert summary.trained == 1 and not (tmp_path / "store.sqlite").exists()
+    info = json.load(open(tmp_path / "run.json"))
+    assert info["store"].startswith("postgresql") and info["store"] == loop.store.url
+    report = open(loop.report(), encoding="utf-8").read()
+    assert f"gallery export --store={loop.store.url} --design=" in report
+    loop.store.close()
+
+
 def test_resume_finishes_interrupted_steps(tmp_path, fake_engineer):
     loop, _, _ = run_loop(discovery_config(max_iterations=1), tmp_path)
     store = loop.store
