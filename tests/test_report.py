@@ -136,6 +136,9 @@ def test_run_info_and_stage_parsing_fail_clearly(tmp_path):
         open_run(str(tmp_path / "x"))
     with pytest.raises(ReportError, match="no experiment store"):
         open_run(str(tmp_path))
+    write_run_info(str(tmp_path), RunInfo(seed="s", scale="t", store="nosuchdb://u:***@host/db"))
+    with pytest.raises(ReportError, match=r"cannot open the store .*pass --store=URL"):
+        open_run(str(tmp_path))
     (tmp_path / "run.json").write_text("{\"scale\": 1}", encoding="utf-8")
     with pytest.raises(ReportError, match="run.json: unreadable"):
         read_run_info(str(tmp_path))

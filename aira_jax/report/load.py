@@ -98,7 +98,13 @@ def open_run(workdir: str, *, store: str | None = None, info: RunInfo | None = N
     if not os.path.isdir(workdir):
         raise ReportError(f"workdir {workdir} does not exist")
     info = info or read_run_info(workdir)
-    es = ExperimentStore(_store_url(workdir, store or (info.store if info else STORE_FILE)))
+    url = _store_url(workdir, store or (info.store if info else STORE_FILE))
+    try:
+        es = ExperimentStore(url)
+    except Exception as e:  # pylint: disable=broad-except  (bad URL, server down, wrong or hidden password)
+        hint = " (run.json keeps a server URL without its password: pass --store=URL)" if "***" in url else ""
+        raise ReportError(f"cannot open the store {url}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}{hint}") from None
     try:
         info = info or infer_run_info(es)
         view = StoreView(es, seed_name=info.seed, scale=info.scale, fitness_cfg=info.fitness_config())
