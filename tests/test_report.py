@@ -143,6 +143,10 @@ def test_run_info_and_stage_parsing_fail_clearly(tmp_path):
     with pytest.raises(ReportError, match="run.json: unreadable"):
         read_run_info(str(tmp_path))
     os.remove(tmp_path / "run.json")
+    (tmp_path / "compose.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ReportError, match="is a compose search .*compose.md"):
+        open_run(str(tmp_path))
+    os.remove(tmp_path / "compose.json")
     ExperimentStore(str(tmp_path / "store.sqlite")).close()
     with pytest.raises(ReportError, match="no seed design"):   # an empty store: nothing to report yet
         open_run(str(tmp_path))

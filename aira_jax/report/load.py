@@ -98,6 +98,9 @@ def open_run(workdir: str, *, store: str | None = None, info: RunInfo | None = N
     if not os.path.isdir(workdir):
         raise ReportError(f"workdir {workdir} does not exist")
     info = info or read_run_info(workdir)
+    if info is None and os.path.exists(os.path.join(workdir, "compose.json")):
+        raise ReportError(f"{workdir} is a compose search (python -m aira_jax.compose): its report is "
+                          f"{os.path.join(workdir, 'compose.md')}, with the ladder's in ladder/ladder.md")
     url = _store_url(workdir, store or (info.store if info else STORE_FILE))
     try:
         es = ExperimentStore(url)
