@@ -293,7 +293,10 @@ def _role_router(dialect, server, failures):
     return Router()
 
 
-@pytest.mark.parametrize("backend,trainer", [("openai", "real"), ("gemini", "fake"),
+# The real trainer under both clients is slow (three trainings, ~40 s): the fast variants train with the fake
+# Engineer; real training in the loop is covered by the leaky-design test below and by test_discover_cli.
+@pytest.mark.parametrize("backend,trainer", [("openai", "fake"), ("gemini", "fake"),
+                                             pytest.param("openai", "real", marks=pytest.mark.slow),
                                              pytest.param("gemini", "real", marks=pytest.mark.slow)])
 def test_loop_with_real_clients_and_bad_replies(tmp_path, monkeypatch, backend, trainer):
     from aira_jax.discovery.llm.backends.gemini import GeminiBackend
