@@ -14,7 +14,8 @@ from aira_jax.discovery.loop_context import StoreView
 from aira_jax.discovery.records import Analysis, CognitionRetrieval, Design, JudgeScore, Result, Status
 from aira_jax.discovery.store import ExperimentStore
 from aira_jax.report import ReportError, RunInfo, open_run, read_run_info, report_workdir, write_run_info
-from aira_jax.report.collect import stage_of
+from aira_jax.report import render
+from aira_jax.report.collect import DesignRow, RunReport, stage_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_SRC = "class Mixer:\n    # the seed\n    def __call__(self, x):\n        return x\n"
@@ -173,3 +174,32 @@ def test_report_cli(run_dir, tmp_path_factory):
     assert ok.stdout.strip() == str(run_dir / "report.md")
     text = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "## The best 1 designs" in text and text.count("<a id=") == 1
+
+
+def _row(name, parent, loss=None, status="analysed"):
+    return DesignRow(name=name, parent=parent, status=status, reason="", stage="" if loss else "gate cost",
+                     iteration=None, operator="", edits=(), fitness=None, val_loss=loss, val_loss_per_seed=(),
+                     z_vs_seed=None, z_vs_parent=None, bpb=None, params=None, throughput=None, benchmarks={},
+                     judge_total=None, judge_subscores={}, judge="", judge_rationale="", motivation="", analysis="",
+                     weaknesses=(), cognition=(), loss_curve=(), source="x", created_at=None)
+
+
+def _report(rows):
+    return RunReport(workdir="/w", seed="g0", scale="t", noise_floor=None, seed_loss=None, seed_runs=0,
+                     designs=tuple(rows), llm=(), backends=(), started_at=None, last_record_at=None)
+
+
+def test_lineage_of_a_large_deep_run_folds_and_stops():
+    # 1,500 generations in one line (deeper than Python's recursion limit), each with a rejected sibling leaf.
+    rows = [_row("g0", None, 1.0)]
+    for i in range(1, 1501):
+        rows += [_row(f"g{i}", f"g{i - 1}", 1.0), _row(f"r{i}", f"g{i - 1}", status="rejected")]
+    lines = render.lineage_lines(_report(rows))
+    assert len(lines) == render.MAX_TREE_LINES + 1 and lines[-1].startswith("... (1101 more")
+    assert lines[0].startswith("g0  loss 1.0000") and lines[0].endswith("(+1 stopped)")
+    assert lines[2].strip().startswith("└── g2") and not any("r1" in line for line in lines)
+    # A small run shows every design, rejected leaves included.
+    small = render.lineage_lines(_report(rows[:5]))
+    assert small == ["g0  loss 1.0000  Δseed -σ  fitness -", "├── g1  loss 1.0000  Δseed -σ  fitness -",
+                     "│   ├── g2  loss 1.0000  Δseed -σ  fitness -", "│   └── r2  [rejected: gate cost]",
+                     "└── r1  [rejected: gate cost]"]

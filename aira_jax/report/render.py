@@ -17,6 +17,8 @@ REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
 FIGURES_DIR = "report_figures"
 MAX_DIFF_LINES = 120
+FOLD_STOPPED_ABOVE = 80   # designs in a run above which the tree folds rejected / failed leaves
+MAX_TREE_LINES = 400
 
 
 def _f(x, fmt: str, none: str = "-") -> str:
@@ -89,12 +91,18 @@ def leaderboard_table(rows: Sequence[DesignRow], top: int) -> list[str]:
 
 
 def lineage_lines(rep: RunReport) -> list[str]:
-    """The family tree from each root (the seed and any other parentless design), children in creation order."""
+    """The family tree from each root (the seed and any other parentless design), children in creation order.
+
+    In a large run (over FOLD_STOPPED_ABOVE designs) rejected and failed leaves are folded into a count on their
+    parent's line, and the tree stops after MAX_TREE_LINES lines. Walked with a stack: a lineage may be
+    thousands of generations deep.
+    """
     children: dict[str | None, list[DesignRow]] = {}
     known = rep.by_name()
     for d in rep.designs:
         parent = d.parent if d.parent in known else None
         children.setdefault(parent, []).append(d)
+    fold = len(rep.designs) > FOLD_STOPPED_ABOVE
 
     def label(d: DesignRow) -> str:
         if d.val_loss is not None:
@@ -102,15 +110,17 @@ def lineage_lines(rep: RunReport) -> list[str]:
         return f"{d.name}  [{d.status}{': ' + d.stage if d.stage else ''}]"
 
     out: list[str] = []
-
-    def walk(d: DesignRow, prefix: str, last: bool, root: bool) -> None:
-        out.append(label(d) if root else f"{prefix}{'└── ' if last else '├── '}{label(d)}")
+    stack = [(root, "", True, True) for root in reversed(children.get(None, []))]
+    while stack:
+        d, prefix, last, root = stack.pop()
         kids = children.get(d.name, [])
-        for i, k in enumerate(kids):
-            walk(k, prefix if root else prefix + ("    " if last else "│   "), i == len(kids) - 1, False)
-
-    for root in children.get(None, []):
-        walk(root, "", True, True)
+        shown = [k for k in kids if k.val_loss is not None or k.name in children] if fold else kids
+        text = label(d) + (f"  (+{len(kids) - len(shown)} stopped)" if len(shown) < len(kids) else "")
+        out.append(text if root else f"{prefix}{'└── ' if last else '├── '}{text}")
+        below = prefix if root else prefix + ("    " if last else "│   ")
+        stack.extend((k, below, i == len(shown) - 1, False) for i, k in reversed(list(enumerate(shown))))
+    if len(out) > MAX_TREE_LINES:
+        out = out[:MAX_TREE_LINES] + [f"... ({len(out) - MAX_TREE_LINES} more; every design is in report.json)"]
     return out
 
 
