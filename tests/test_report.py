@@ -159,6 +159,19 @@ def test_run_info_and_stage_parsing_fail_clearly(tmp_path):
     assert stage_of("analysed", "") == ("", "")
 
 
+def test_run_info_from_a_discovery_config_matches_what_the_loop_writes(tmp_path):
+    """The report CLI's --config path: the same seed, scale and fitness rules as the loop's run.json."""
+    from aira_jax.discovery.loop import DiscoveryLoop, run_info_from_config
+    from aira_jax.discovery.progress import Progress
+    from configs.discover_tiny import get_config
+    cfg = get_config()
+    info = run_info_from_config(cfg)
+    assert info.seed == "deltanet" and info.fitness["relative_band"] == 0.25 and not info.inferred
+    loop = DiscoveryLoop(cfg, str(tmp_path), progress=Progress(open(os.devnull, "w"), tty=False))
+    loop.store.close()
+    assert read_run_info(str(tmp_path)) == info
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "aira_jax.report", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

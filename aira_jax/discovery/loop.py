@@ -33,7 +33,7 @@ from aira_jax.discovery.loop_workers import StopControl, WorkerPool, write_resol
 from aira_jax.discovery.progress import Progress
 from aira_jax.discovery.records import Design, DesignKind, Status, validate_name
 from aira_jax.discovery.store import ExperimentStore
-from aira_jax.report import RunInfo, collect, write_report, write_run_info
+from aira_jax.report import RunInfo, collect, fitness_settings, write_report, write_run_info
 
 STORE_FILE = "store.sqlite"
 REPORT_EVERY_S = 300.0   # while running, report.md is refreshed after an analysis at most this often
@@ -105,7 +105,7 @@ class DiscoveryLoop:
         self.cfg, self.workdir, self.workers = cfg, os.path.abspath(workdir), workers
         os.makedirs(self.workdir, exist_ok=True)
         self.s: LoopSettings = loop_settings(cfg)
-        self.seed_name = validate_name(self.s.seed_name or _seed_name(self.s.seed_design), "seed design name")
+        self.seed_name = _seed_of(self.s)
         self.fitness_cfg = fitness_config(cfg)
         self.pool_cfg = pool_config(cfg, seed_name=self.seed_name, scale=self.s.scale)
         self.store = store or ExperimentStore(os.path.join(self.workdir, STORE_FILE))
@@ -344,7 +344,7 @@ class DiscoveryLoop:
 
     def run_info(self) -> RunInfo:
         store = STORE_FILE if self._store_in_workdir() else self.store.url  # a server URL without its password
-        return RunInfo(seed=self.seed_name, scale=self.s.scale, fitness=dataclasses.asdict(self.fitness_cfg),
+        return RunInfo(seed=self.seed_name, scale=self.s.scale, fitness=fitness_settings(self.fitness_cfg),
                        store=store)
 
     def report(self, top: int = 5) -> str | None:
@@ -378,8 +378,11 @@ class _null:
 def run_info_from_config(cfg: Any) -> RunInfo:
     """The seed, scale and fitness rules a loop with this config uses (for reporting on a run without run.json)."""
     s = loop_settings(cfg)
-    return RunInfo(seed=validate_name(s.seed_name or _seed_name(s.seed_design), "seed design name"), scale=s.scale,
-                   fitness=dataclasses.asdict(fitness_config(cfg)))
+    return RunInfo(seed=_seed_of(s), scale=s.scale, fitness=fitness_settings(fitness_config(cfg)))
+
+
+def _seed_of(s: LoopSettings) -> str:
+    return validate_name(s.seed_name or _seed_name(s.seed_design), "seed design name")
 
 
 def _seed_name(design: str) -> str:

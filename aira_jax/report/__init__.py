@@ -4,7 +4,7 @@ load (workdir -> store view and run description) -> collect (typed `RunReport`) 
 report.json) with figures (progress and training curves). The discovery loop writes the report when it stops.
 """
 from aira_jax.report.collect import DesignRow, RunReport, collect
-from aira_jax.report.load import ReportError, RunInfo, open_run, read_run_info, write_run_info
+from aira_jax.report.load import ReportError, RunInfo, fitness_settings, open_run, read_run_info, write_run_info
 from aira_jax.report.render import REPORT_FILE, render_markdown, write_report
 
 
@@ -19,5 +19,5 @@ def report_workdir(workdir: str, *, top: int = 5, out_dir: str | None = None, st
         es.close()
 
 
-__all__ = ["DesignRow", "REPORT_FILE", "ReportError", "RunInfo", "RunReport", "collect", "open_run",
+__all__ = ["DesignRow", "REPORT_FILE", "ReportError", "RunInfo", "RunReport", "collect", "fitness_settings", "open_run",
            "read_run_info", "render_markdown", "report_workdir", "write_report", "write_run_info"]

@@ -39,6 +39,11 @@ class RunInfo:
             raise ReportError(f"{RUN_FILE}: bad fitness settings {self.fitness!r}: {e}") from None
 
 
+def fitness_settings(cfg: fitness_lib.FitnessConfig) -> dict[str, Any]:
+    """A FitnessConfig as run.json keeps it (JSON types: the terms as a list)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def write_run_info(workdir: str, info: RunInfo) -> str:
     path = os.path.join(workdir, RUN_FILE)
     with open(path, "w", encoding="utf-8") as f:
