@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"AIRA-JAX discovery: seed {loop.seed_name}, {loop.s.max_iterations} iterations, LLM backend {backend}"
           f"{' (offline agents: heuristic, no LLM)' if backend == 'offline' else ''}, workers {f.workers.value}, "
           f"workdir {workdir}", flush=True)
-    store_url = loop.store.url.removeprefix("sqlite:///")   # a file path reads better than its URL
+    store_url = loop.store.location
     try:
         summary = loop.run()
         report = loop.report()

@@ -339,11 +339,9 @@ class DiscoveryLoop:
         return pool
 
     # ------------------------------------------------------------------------------------------ report
-    def _store_in_workdir(self) -> bool:
-        return self.store.url.endswith(os.path.join(self.workdir, STORE_FILE))
-
     def run_info(self) -> RunInfo:
-        store = STORE_FILE if self._store_in_workdir() else self.store.url  # a server URL without its password
+        where = self.store.location   # a server URL keeps no password
+        store = STORE_FILE if where == os.path.join(self.workdir, STORE_FILE) else where
         return RunInfo(seed=self.seed_name, scale=self.s.scale, fitness=fitness_settings(self.fitness_cfg),
                        store=store)
 
@@ -351,9 +349,8 @@ class DiscoveryLoop:
         """Writes report.md (and report.json, figures) in the workdir from this loop's own view of the store;
         returns its path, or None when it failed (logged: a report never costs the run its records)."""
         try:
-            where = os.path.join(self.workdir, STORE_FILE) if self._store_in_workdir() else self.store.url
             return write_report(collect(self.view(), self.workdir, llm_log=self.client.config.log_path,
-                                        store=where), top=top)
+                                        store=self.store.location), top=top)
         except Exception as e:  # pylint: disable=broad-except
             logging.warning("could not write the discovery report: %s: %s", type(e).__name__, e)
             return None

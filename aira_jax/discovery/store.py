@@ -73,6 +73,14 @@ class ExperimentStore:
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: a SQLite file's path, else the URL without its password."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return os.path.abspath(url.database)
+        return self.url
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -13,8 +13,8 @@ def report_workdir(workdir: str, *, top: int = 5, out_dir: str | None = None, st
     """Writes the report of the discovery run in `workdir`; returns the path of report.md."""
     es, view, info = open_run(workdir, store=store, info=info)
     try:
-        where = es.url.removeprefix("sqlite:///")  # a file path reads better than its URL
-        return write_report(collect(view, workdir, inferred=info.inferred, store=where), top=top, out_dir=out_dir)
+        return write_report(collect(view, workdir, inferred=info.inferred, store=es.location), top=top,
+                            out_dir=out_dir)
     finally:
         es.close()
 

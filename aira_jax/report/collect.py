@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from aira_jax.discovery import failures
+from aira_jax.discovery.leaderboard import leaderboard_rows
 from aira_jax.discovery.loop_context import StoreView
 
 LLM_LOG = "llm_calls.jsonl"
@@ -76,12 +77,13 @@ class RunReport:
     started_at: float | None
     last_record_at: float | None
     fitness_rules: str = ""          # how fitness was computed, for people
+    ranking: tuple[str, ...] = ()    # the loop's leaderboard order (leaderboard_rows)
     store: str = ""                  # the store's URL (no password), for the gallery export commands
 
     def ranked(self) -> list[DesignRow]:
-        """Designs with a validation loss, best fitness first (then lower loss)."""
-        scored = [d for d in self.designs if d.val_loss is not None]
-        return sorted(scored, key=lambda d: (d.fitness is None, -(d.fitness or 0.0), d.val_loss, d.name))
+        """Designs with a validation loss in the loop's leaderboard order."""
+        rows = self.by_name()
+        return [rows[n] for n in self.ranking if n in rows and rows[n].val_loss is not None]
 
     def by_name(self) -> dict[str, DesignRow]:
         return {d.name: d for d in self.designs}
@@ -151,21 +153,15 @@ def llm_usage(path: str) -> tuple[tuple[RoleUsage, ...], tuple[str, ...]]:
     return rows, tuple(sorted(backends))
 
 
-def _design_row(view: StoreView, name: str) -> DesignRow:
+def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple[str, ...]) -> DesignRow:
     d = view.designs[name]
     status, recorded = view.status_of(name)
     stage, reason = stage_of(status, recorded)
     m = view.metrics(name)
-    report = view.fitness_report(name)
     judges = [s for e in view.by_design.get(name, ()) for s in view.judges.get(e.id, ())]
     judge = judges[-1] if judges else None
     analysis = view.latest_analysis(name)
     results = view.results_of(name)
-    z_parent = None
-    if d.parent and view.baseline is not None and view.baseline.loss_std and m.val_loss is not None:
-        parent_loss = view.metrics(d.parent).val_loss if d.parent in view.designs else None
-        if parent_loss is not None:
-            z_parent = (parent_loss - m.val_loss) / view.baseline.loss_std
     weak = analysis.meta.get("weaknesses") if analysis is not None else None
     exps = view.by_design.get(name, ())
     return DesignRow(
@@ -173,7 +169,7 @@ def _design_row(view: StoreView, name: str) -> DesignRow:
         iteration=d.meta.get("iteration") if isinstance(d.meta.get("iteration"), int) else None,
         operator=str(d.meta.get("operator") or ("seed" if d.parent is None else "")),
         edits=tuple(str(x) for x in (d.meta.get("edits") or ())),
-        fitness=report.fitness if report else None, val_loss=m.val_loss,
+        fitness=m.fitness, val_loss=m.val_loss,
         val_loss_per_seed=tuple(x for x in m.val_loss_per_seed if x is not None),
         z_vs_seed=m.z_vs_seed, z_vs_parent=z_parent, bpb=m.bpb, params=m.params, throughput=m.throughput,
         benchmarks=dict(m.benchmarks), judge_total=judge.total if judge else None,
@@ -183,7 +179,7 @@ def _design_row(view: StoreView, name: str) -> DesignRow:
         weaknesses=tuple(str(w) for w in weak) if isinstance(weak, (list, tuple)) else (),
         cognition=tuple(i for i, _ in view.cognition_of(name)),
         loss_curve=tuple(results[-1].loss_curve) if results else (), source=d.source,
-        created_at=exps[0].created_at if exps else d.created_at, flags=report.flags if report else ())
+        created_at=exps[0].created_at if exps else d.created_at, flags=flags)
 
 
 def fitness_rules(cfg: Any, *, inferred: bool = False) -> str:
@@ -202,7 +198,10 @@ def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferr
             store: str = "") -> RunReport:
     """The report's content for the run in `workdir` (its store read through `view`); `inferred`: the run's
     settings were read off the store, not from run.json (said in the report)."""
-    rows = tuple(_design_row(view, n) for n in view.designs)
+    board = leaderboard_rows(view)   # the loop's own ranking and fitness flags
+    flags = {r.name: r.flags for r in board}
+    z_parent = {e["name"]: e["z_vs_parent"] for e in view.history_evidence()}
+    rows = tuple(_design_row(view, n, z_parent.get(n), flags.get(n, ())) for n in view.designs)
     llm, backends = llm_usage(llm_log or os.path.join(workdir, LLM_LOG))
     times = [e.created_at for e in view.experiments if e.created_at]
     updates = [e.updated_at or e.created_at for e in view.experiments if e.updated_at or e.created_at]
@@ -211,4 +210,5 @@ def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferr
                      noise_floor=b.loss_std if b else None, seed_loss=b.loss_mean if b else None,
                      seed_runs=b.num_seeds if b else 0, designs=rows, llm=llm, backends=backends,
                      started_at=min(times) if times else None, last_record_at=max(updates) if updates else None,
-                     fitness_rules=fitness_rules(view.fitness_cfg, inferred=inferred), store=store)
+                     fitness_rules=fitness_rules(view.fitness_cfg, inferred=inferred), store=store,
+                     ranking=tuple(r.name for r in board))

@@ -21,8 +21,8 @@ FOLD_STOPPED_ABOVE = 80   # designs in a run above which the tree folds rejected
 MAX_TREE_LINES = 400
 
 
-def _f(x, fmt: str, none: str = "-") -> str:
-    return none if x is None else format(x, fmt)
+def _f(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def _cell(text: str) -> str:
