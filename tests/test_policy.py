@@ -224,3 +224,76 @@ def test_children_inherit_the_callers_python_path(monkeypatch, tmp_path):
   verdict = check_program(_TEMPLATE.format(body=body), 'path_probe',
                           GateSettings(static_check=False, stop_after='load', timeout_s=120))
   assert verdict.gate == 'load' and str(extra) in verdict.reason, verdict.reason
+
+
+_GUARDED_GPU_TRACE = '''
+import json, sys
+import jax, jax.numpy as jnp
+from aira_jax import ops
+from aira_jax.ops import dispatch
+from aira_jax.discovery.policy import DESIGN_FILENAME_PREFIX, RuntimeGuard
+
+jax.default_backend = lambda: 'gpu'  # as on a GPU machine: the kernels a guarded child must preload are the GPU ones
+if sys.argv[1] == 'lazy':
+  dispatch.preload_kernels = lambda: []  # the old order: kernels imported by the first op, under the guard
+guard = RuntimeGuard.install()
+
+def trace():
+  q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+  beta = jax.ShapeDtypeStruct((1, 128, 2), jnp.bfloat16)
+  with dispatch.lowering_for('gpu'):
+    jax.jit(lambda q, beta: ops.delta_rule(q, q, q, beta)).trace(q, beta)
+
+program = {'__file__': DESIGN_FILENAME_PREFIX + 'probe>', 'trace': trace}
+exec(compile('def run():\\n  trace()\\n', program['__file__'], 'exec'), program)
+try:
+  program['run']()
+  error = None
+except Exception as e:
+  error = repr(e)
+print(json.dumps({'violations': guard.drain(), 'error': error,
+                  'gpu_kernels': sorted(op for op, backend in dispatch._registry if backend == 'gpu')}))
+'''
+
+
+@pytest.mark.parametrize('order', ['lazy', 'preloaded'])
+def test_backend_kernels_are_imported_before_the_guard(order):
+  """On a GPU or TPU the first op a design calls imports the Pallas kernels. Under the guard, with the design's
+  code on the stack, that import is refused (its file reads and directory scans), and every design would fail.
+  RuntimeGuard.install imports them first; the 'lazy' case shows what that prevents."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': root}
+  proc = subprocess.run([sys.executable, '-c', _GUARDED_GPU_TRACE, order], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  if order == 'lazy':
+    assert out['violations'] and out['gpu_kernels'] == [], out
+  else:
+    assert out == {'violations': [], 'error': None,
+                   'gpu_kernels': ['delta_rule', 'gated_delta_rule', 'simple_gla']}, out
+
+
+def test_directory_listings_follow_the_rules_of_reads():
+  """The import machinery lists library folders on a program's behalf (a namespace package, a lazy submodule
+  import): allowed inside the library roots. The program listing a folder itself, or anything outside the
+  libraries, is refused. (Called on an uninstalled guard: an installed audit hook is permanent.)"""
+  import os
+  guard = policy.RuntimeGuard()
+  library = os.path.dirname(os.__file__)
+  importer = {'__name__': 'importlib._test_finder', 'guard': guard}
+  exec('def list_dir(path):\n  guard._audit("os.listdir", (path,))\n', importer)
+  program = {'__file__': policy.DESIGN_FILENAME_PREFIX + 'lister>', 'guard': guard, 'importer': importer['list_dir']}
+  exec(compile('def via_import(path):\n  importer(path)\n'
+               'def direct(path):\n  guard._audit("os.scandir", (path,))\n', program['__file__'], 'exec'), program)
+  program['via_import'](library)
+  assert guard.drain() == []
+  for call, path in ((program['via_import'], '/etc'), (program['direct'], library)):
+    with pytest.raises(policy.PolicyError):
+      call(path)
+  refused = guard.drain()
+  assert refused == ["os.listdir('/etc')", f'os.scandir({library!r})'], refused

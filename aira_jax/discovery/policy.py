@@ -296,6 +296,9 @@ _DENY_PREFIXES = (
 _DIRECT_DENY = ('exec', 'compile', 'object.__getattr__', 'object.__setattr__', 'object.__delattr__')
 # Frames of machinery that may read files on the program's behalf (lazy imports, source lines for tracebacks).
 _TRUSTED_READERS = ('importlib', 'zipimport', 'linecache', 'tokenize', 'traceback')
+# Directory listings the import machinery makes while it looks for a module (a namespace package, a lazy import
+# of a library's submodule): allowed like its reads, inside the library roots only.
+_LISTINGS = ('os.listdir', 'os.scandir')
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -339,6 +342,11 @@ class RuntimeGuard:
   def install(cls) -> 'RuntimeGuard':
     """Idempotent: the audit hook is permanent, so a second install would only double the checks."""
     if cls._installed is None:
+      # The backend's Pallas kernels are imported lazily by the first op that runs, which is inside the program's
+      # code: under the guard that import (its file reads, directory scans, a GPU probe) would be refused and
+      # every design would fail on a GPU or TPU. Import them now, while nothing is refused.
+      from aira_jax.ops import dispatch  # pylint: disable=import-outside-toplevel
+      dispatch.preload_kernels()
       guard = cls()
       sys.addaudithook(guard._audit)
       builtins.__import__ = guard._import
@@ -358,6 +366,8 @@ class RuntimeGuard:
     # Fast path first: most events (sys._getframe, object.__getattr__ from libraries...) pass untouched.
     if event == 'open':
       self._check_open(args)
+    elif event in _LISTINGS:
+      self._check_open((args[0] if args else None, 'r'), event)
     elif event.startswith(_DENY_PREFIXES):
       if self._program_on_stack():
         self._refuse(f'{event}{_brief(args)}')
@@ -374,14 +384,14 @@ class RuntimeGuard:
       frame = frame.f_back
     return False
 
-  def _check_open(self, args: tuple) -> None:
+  def _check_open(self, args: tuple, event: str = 'open') -> None:
     frame = sys._getframe(2)
     trusted = False
     while frame is not None:
       if _is_program(frame):
         if trusted and _read_only(args) and self._in_library(args[0] if args else None):
           return
-        self._refuse(f'open({args[0]!r})' if args else 'open')
+        self._refuse(f'{event}({args[0]!r})' if args and args[0] is not None else event)
       module = frame.f_globals.get('__name__', '') or ''
       if module.startswith(_TRUSTED_READERS) or module.startswith('_frozen_importlib'):
         trusted = True

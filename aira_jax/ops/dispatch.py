@@ -83,6 +83,12 @@ def load_backend_kernels(backend: str) -> list[str]:
         return loaded
 
 
+def preload_kernels() -> list[str]:
+    """Imports the kernels of the backend this process runs on now rather than at the first op (initialises the
+    backend). Sandboxed children call it, through RuntimeGuard.install, before their guard goes up."""
+    return load_backend_kernels(jax.default_backend())
+
+
 def _check(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"ops implementation must be one of {IMPLS}, got {impl!r}")
