@@ -22,7 +22,7 @@ SEED_SRC = "class Mixer:\n    # the seed\n    def __call__(self, x):\n        re
 FITNESS = {"terms": ["loss", "judge"], "relative_band": 0.25, "leakage_fraction": 0.25}
 
 
-def _trained(store, name, parent, losses, *, src, judge=None, weak=(), curve=((10, 2.0), (20, 1.6))):
+def _trained(store, name, parent, losses, *, src, judge=None, weak=(), curve=((10, 2.0), (20, 1.6)), ops=None):
     _, exp = store.propose(Design(name=name, kind="program", source=src, motivation=f"why {name}", parent=parent,
                                   meta={"operator": "mutation" if parent else "seed", "edits": ["edit_" + name],
                                         "iteration": 0 if parent else None}), scale="tiny")
@@ -31,7 +31,9 @@ def _trained(store, name, parent, losses, *, src, judge=None, weak=(), curve=((1
     store.transition(exp.id, Status.TRAINING, claim=claim)
     store.add_result(exp.id, Result(val_loss=sum(losses) / len(losses), val_loss_per_seed=tuple(losses),
                                     seeds=tuple(range(len(losses))), num_params=1000, throughput=500.0, bpb=1.5,
-                                    loss_curve=curve), claim=claim)
+                                    loss_curve=curve,
+                                    meta={"summaries": {str(i): {"ops": ops} for i in range(len(losses))}}
+                                    if ops else {}), claim=claim)
     store.release(claim)
     store.add_cognition(exp.id, CognitionRetrieval(entries=({"entry_id": "forget-gate", "text": "t"},),
                                                    stage="analysis", query="q"))
@@ -54,8 +56,9 @@ def run_dir(tmp_path):
     store = ExperimentStore(str(tmp_path / "store.sqlite"))
     _trained(store, "seed", None, [1.35, 1.38, 1.32], src=SEED_SRC, judge=5.0)
     _trained(store, "a", "seed", [1.20], src=SEED_SRC.replace("return x", "return x * gate"), judge=8.0,
-             weak=["no local attention"], curve=((10, 1.9), (20, 1.4)))
-    _trained(store, "b", "a", [1.30], src=SEED_SRC.replace("return x", "return x * gate + conv"), judge=6.0)
+             weak=["no local attention"], curve=((10, 1.9), (20, 1.4)), ops={"kernels": ["delta_rule"]})
+    _trained(store, "b", "a", [1.30], src=SEED_SRC.replace("return x", "return x * gate + conv"), judge=6.0,
+             ops={"kernels": [], "set_aside": {"delta_rule@gpu": "ValueError: smem overflow"}})
     _stopped(store, "c", "a", Status.REJECTED, "gate causality: output at position 3 depends on input 7")
     _stopped(store, "d", "seed", Status.FAILED,
              Failure("nan", "the training loss became nan at step 12", {"step": 12, "secret": "DIAG"}).reason())
@@ -101,6 +104,12 @@ def test_report_says_what_the_run_found(run_dir):
     assert "Cognition retrieved: forget-gate" in card and "**Judge** (test-judge): 6.50/10" in card
     assert "-        return x\n+        return x * gate" in card and card.count("```diff") == 1
     assert f"python -m aira_jax.gallery export --store={run_dir / 'store.sqlite'} --design=a" in card
+    # Which op path each design trained with; a kernel set aside is said in the summary and on the card.
+    assert "Ops: Pallas kernels: delta_rule." in card
+    b_card = text.split('<a id="design-b"></a>')[1].split("<a id=")[0]
+    assert "Ops: set aside for the XLA ops: delta_rule@gpu (ValueError: smem overflow)." in b_card
+    assert ("**1 design(s) trained with the XLA ops because the Pallas kernel(s) delta_rule@gpu failed to "
+            "compile**") in text.split("## Leaderboard")[0]
     # LLM use per role, the malformed log line skipped.
     assert "| researcher | 2 | 1 | 200 | 20 | 0.0100 |" in text and "| judge | 1 | 0 |" in text
     assert "LLM backend: openai." in text

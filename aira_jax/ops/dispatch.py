@@ -33,6 +33,7 @@ class Kernel:
 
 
 _registry: dict[tuple[str, str], Kernel] = {}
+_set_aside: dict[tuple[str, str], str] = {}  # (op, backend) -> why: kernels this process no longer chooses
 
 KERNEL_OPS = ("delta_rule", "gated_delta_rule", "simple_gla")  # ops with pallas_kernels/<op>/<backend>.py
 KERNEL_BACKENDS = ("gpu", "tpu")
@@ -87,6 +88,41 @@ def preload_kernels() -> list[str]:
     """Imports the kernels of the backend this process runs on now rather than at the first op (initialises the
     backend). Sandboxed children call it, through RuntimeGuard.install, before their guard goes up."""
     return load_backend_kernels(jax.default_backend())
+
+
+def set_aside(ops: "list[str] | tuple[str, ...] | set[str]", why: str, backend: str | None = None) -> None:
+    """Stops choosing the kernels of `ops` on `backend` in this process (a compile failure): 'auto' then takes
+    the XLA path and logs why. An explicit impl='kernel' still gets the kernel."""
+    backend = canonical_backend(backend) if backend else target_backend()
+    for op in ops:
+        _set_aside[(op, backend)] = why
+
+
+def restore_kernels(ops: "list[str] | tuple[str, ...] | set[str]", backend: str | None = None) -> None:
+    """Undoes `set_aside` (the failure turned out not to be the kernels')."""
+    backend = canonical_backend(backend) if backend else target_backend()
+    for op in ops:
+        _set_aside.pop((op, backend), None)
+
+
+def kernels_set_aside() -> dict[str, str]:
+    """'op@backend' -> why, for the kernels set aside in this process."""
+    return {f"{op}@{backend}": why for (op, backend), why in _set_aside.items()}
+
+
+@contextlib.contextmanager
+def record_kernels():
+    """Yields a list that collects the ops for which a backend kernel was chosen automatically ('auto') while
+    tracing inside the block: what to set aside when the traced program then fails to compile."""
+    stack = getattr(_local, "records", None)
+    if stack is None:
+        stack = _local.records = []
+    chosen: list[str] = []
+    stack.append(chosen)
+    try:
+        yield chosen
+    finally:
+        stack.remove(chosen)
 
 
 def _check(impl: str) -> str:
@@ -159,11 +195,20 @@ def choose(op: str, impl: str | None, args: tuple, kwargs: dict) -> tuple[str, K
         return impl, None
     load_backend_kernels(backend)
     kernel = _registry.get((op, backend))
-    if kernel is not None and (kernel.applies is None or kernel.applies(*args, **kwargs)):
+    aside = _set_aside.get((op, backend)) if impl == "auto" else None
+    if kernel is not None and aside is None and (kernel.applies is None or kernel.applies(*args, **kwargs)):
         log_path(op, f"{backend} kernel", "registered for this backend")
+        if impl == "auto":
+            for chosen in getattr(_local, "records", None) or ():
+                chosen.append(op)
         return "kernel", kernel
     if impl == "kernel":
         raise NotImplementedError(f"aira_jax.ops.{op}: no kernel for backend {backend!r} applies to these inputs")
-    why = "no kernel registered for " + backend if kernel is None else "kernel does not apply to these shapes/dtypes"
+    if aside is not None:
+        why = f"the {backend} kernel was set aside: {aside}"
+    elif kernel is None:
+        why = "no kernel registered for " + backend
+    else:
+        why = "kernel does not apply to these shapes/dtypes"
     log_path(op, "xla", why)
     return "xla", None

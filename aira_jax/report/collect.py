@@ -51,6 +51,8 @@ class DesignRow:
     source: str
     created_at: float | None
     flags: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()              # ops that ran a Pallas kernel in its training
+    kernels_set_aside: dict[str, str] = dataclasses.field(default_factory=dict)  # op@backend -> compile error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,21 @@ def llm_usage(path: str) -> tuple[tuple[RoleUsage, ...], tuple[str, ...]]:
     return rows, tuple(sorted(backends))
 
 
+def ops_used(results: Any) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The ops that trained with a Pallas kernel, and the kernels set aside (XLA ops instead), over the seeds of
+    the latest result (the trainer's summary 'ops', kept per seed in the result's meta)."""
+    kernels: set[str] = set()
+    aside: dict[str, str] = {}
+    summaries = (results[-1].meta or {}).get("summaries") if results else None
+    for summary in (summaries or {}).values() if isinstance(summaries, dict) else ():
+        ops = summary.get("ops") if isinstance(summary, dict) else None
+        if isinstance(ops, dict):
+            kernels.update(str(k) for k in ops.get("kernels") or ())
+            if isinstance(ops.get("set_aside"), dict):
+                aside.update({str(k): str(v) for k, v in ops["set_aside"].items()})
+    return tuple(sorted(kernels)), aside
+
+
 def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple[str, ...]) -> DesignRow:
     d = view.designs[name]
     status, recorded = view.status_of(name)
@@ -164,6 +181,7 @@ def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple
     results = view.results_of(name)
     weak = analysis.meta.get("weaknesses") if analysis is not None else None
     exps = view.by_design.get(name, ())
+    kernels, aside = ops_used(results)
     return DesignRow(
         name=name, parent=d.parent, status=status, reason=reason, stage=stage,
         iteration=d.meta.get("iteration") if isinstance(d.meta.get("iteration"), int) else None,
@@ -179,7 +197,8 @@ def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple
         weaknesses=tuple(str(w) for w in weak) if isinstance(weak, (list, tuple)) else (),
         cognition=tuple(i for i, _ in view.cognition_of(name)),
         loss_curve=tuple(results[-1].loss_curve) if results else (), source=d.source,
-        created_at=exps[0].created_at if exps else d.created_at, flags=flags)
+        created_at=exps[0].created_at if exps else d.created_at, flags=flags, kernels=kernels,
+        kernels_set_aside=aside)
 
 
 def fitness_rules(cfg: Any, *, inferred: bool = False) -> str:

@@ -68,6 +68,11 @@ def summary_lines(rep: RunReport) -> list[str]:
         what = "Best design" if best is ranked[0] else "No proposal ranks above the seed yet; the best one"
         lines.append(f"{what}: **[{best.name}](#{_anchor(best.name)})**, fitness {_f(best.fitness, '.3f')}, "
                      f"validation loss {best.val_loss:.4f} ({_f(best.z_vs_seed, '+.2f')} σ against the seed).")
+    aside = sorted({k for d in rep.designs for k in d.kernels_set_aside})
+    if aside:
+        hit = sum(1 for d in rep.designs if d.kernels_set_aside)
+        lines.append(f"**{hit} design(s) trained with the XLA ops because the Pallas kernel(s) {', '.join(aside)} "
+                     f"failed to compile** (see their cards): their tokens/s is not comparable with kernel runs.")
     cost = sum(u.cost_usd for u in rep.llm)
     if rep.llm:
         lines.append(f"LLM: {sum(u.calls for u in rep.llm)} calls, ${cost:.4f}.")
@@ -163,6 +168,10 @@ def design_card(rep: RunReport, d: DesignRow, rank: int) -> list[str]:
             f"{_f(d.throughput, ',.0f')} | {_f(d.fitness, '.3f')} |", ""]
     if d.benchmarks:
         out += ["Benchmarks: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(d.benchmarks.items())), ""]
+    if d.kernels or d.kernels_set_aside:
+        ops = [f"Pallas kernels: {', '.join(d.kernels)}"] if d.kernels else []
+        ops += [f"set aside for the XLA ops: {k} ({_cell(v)[:200]})" for k, v in sorted(d.kernels_set_aside.items())]
+        out += ["Ops: " + "; ".join(ops) + ".", ""]
     out += ["**Motivation**", "", *_quote(d.motivation or "(none recorded)"), ""]
     if d.analysis:
         out += ["**Analysis**", "", *_quote(d.analysis), ""]

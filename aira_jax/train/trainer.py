@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from aira_jax.train import checkpoint as ckpt_lib
+from aira_jax.ops import fallback as kernel_fallback
 from aira_jax.train import metrics as metrics_lib
 from aira_jax.train import prefetch as prefetch_lib
 from aira_jax.train import schedules
@@ -127,8 +128,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   setup = state_lib.setup_state(builders.build_model, model_cfg, config.seed, tx, mesh,
                                 builders.count_params)
   compute_dtype = jnp.dtype(tc.compute_dtype)
-  train_step = steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype,
-                                         grad_accum=tc.grad_accum)
   eval_step = steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype)
   batch_sh = shd.batch_sharding(mesh)
 
@@ -167,11 +166,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   step = int(jax.device_get(state.step))
   start_step = step
 
-  # Compile once up front: cost analysis for FLOPs, and compile time kept out of throughput.
+  # Compile once up front: cost analysis for FLOPs, and compile time kept out of throughput. A Pallas kernel that
+  # fails to compile is set aside and the step is built with the XLA ops (aira_jax.ops.fallback).
   t0 = time.time()
-  compiled = train_step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
-      (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
-      jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  _, compiled, ops_info = kernel_fallback.compile_step(
+      lambda: steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype, grad_accum=tc.grad_accum),
+      lambda step: step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
+          (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
+          jax.ShapeDtypeStruct((), jnp.float32)).compile())
   compile_seconds = time.time() - t0
   logging.info('Compiled train_step in %.1f s', compile_seconds)
   flops_per_step = _flops_per_step(compiled, setup, model_cfg, tc, tokens_per_step)
@@ -302,6 +304,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       'param_counts': setup.param_counts,
       'flops_per_step': flops_per_step,
       'compile_seconds': compile_seconds,
+      'ops': ops_info,
       'stop_reason': reason,
       'resumed_from_step': start_step or None,
       'devices': num_devices,

@@ -221,7 +221,8 @@ def evaluate(scorer: Scorer, tokenizer, tasks: Sequence[str | Task], config: Eva
             'scored_tokens': sum(r.length for r in pair_rows + roll_rows)}
   cfg = {**dataclasses.asdict(config), **dataclasses.asdict(scorer.config), 'batch_tokens': scorer.batch_tokens,
          'prefix_token_id': prefix,
-         'devices': jax.device_count(), 'platform': jax.devices()[0].platform}
+         'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+         'ops': getattr(scorer, 'ops', None)}
   logging.info('harness: %d docs over %d tasks in %.1f s (%.1f docs/s)', num_docs, len(prepared),
                timing['total_seconds'], timing['docs_per_second'])
   return HarnessResult(results, tuple(h for h in held_out), timing, cfg)

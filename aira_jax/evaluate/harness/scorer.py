@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from aira_jax.evaluate.harness.requests import Row
+from aira_jax.ops import fallback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,21 @@ class Scorer:
       # 2048-token window would drift by ~1e-3.
       return jnp.where(mask, token_ll, 0.0), all_greedy
 
-    self._score = jax.jit(score_fn, out_shardings=(self.batch_sharding, self.batch_sharding))
+    self._score_fn = score_fn
+    self._compiled: dict[tuple[int, int], Any] = {}  # (batch, length) -> compiled scorer
+    self.ops: dict[str, Any] = {'kernels': []}  # the backend kernels the scorer runs, or those set aside
+
+  def _scorer(self, placed: Sequence[jax.Array]) -> Any:
+    """The compiled scorer for this batch shape; a Pallas kernel that fails to compile is set aside (XLA ops)."""
+    key = tuple(placed[0].shape)
+    if key not in self._compiled:
+      _, self._compiled[key], ops = fallback.compile_step(
+          lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)),
+          lambda step: step.lower(self._params, self._rest, *placed).compile())
+      aside = {**self.ops.get('set_aside', {}), **ops.get('set_aside', {})}
+      self.ops = {'kernels': sorted(set(self.ops['kernels']) | set(ops['kernels'])),
+                  **({'set_aside': aside} if aside else {})}
+    return self._compiled[key]
 
   def _place(self, state: nnx.State) -> Any:
     """Params on the mesh by their logical axis names (replicated on a batch-only mesh)."""
@@ -171,7 +186,7 @@ class Scorer:
     for length, batch, idx in self._plan(rows):
       arrays = self._pack(rows, length, batch, idx)
       placed = [jax.device_put(a, self.batch_sharding) for a in arrays]
-      pending.append((idx, self._score(self._params, self._rest, *placed)))  # async dispatch
+      pending.append((idx, self._scorer(placed)(self._params, self._rest, *placed)))  # async dispatch
       self.stats.batches += 1
       self.stats.padded_tokens += length * batch
       self.stats.shapes.add((batch, length))

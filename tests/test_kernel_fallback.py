@@ -1,0 +1,120 @@
+"""A backend kernel that fails to compile is set aside and the step is built with the XLA ops.
+
+The failing kernel is the real Mosaic GPU delta-rule kernel, registered here as the CPU backend's kernel: on a CPU
+its lowering fails ("Only interpret mode is supported on CPU backend") the way a kernel fails on a GPU it was
+never compiled for.
+"""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from aira_jax import ops
+from aira_jax.ops import dispatch
+from aira_jax.ops import fallback as kernel_fallback
+from aira_jax.train import base_config, train
+from pallas_kernels.delta_rule.gpu import chunk_delta_rule_gpu
+from pallas_kernels.delta_rule.xla import chunk_delta_rule
+
+
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+  """A private kernel registry and set-aside table for the test; returns a function that registers a kernel."""
+  monkeypatch.setattr(dispatch, '_registry', {})
+  monkeypatch.setattr(dispatch, '_set_aside', {})
+
+  def register(fn, op='delta_rule'):
+    dispatch.register_kernel(op, 'cpu', fn)
+  return register
+
+
+def _inputs():
+  key = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(key[0], (1, 128, 2, 64), jnp.float32)
+  k = ops.l2norm(jax.random.normal(key[1], (1, 128, 2, 64), jnp.float32))
+  v = jax.random.normal(key[2], (1, 128, 2, 64), jnp.float32)
+  beta = jax.nn.sigmoid(jax.random.normal(key[3], (1, 128, 2), jnp.float32))
+  return q, k, v, beta
+
+
+def _compile(step_fn):
+  args = _inputs()
+  return kernel_fallback.compile_step(lambda: jax.jit(step_fn), lambda step: step.lower(*args).compile())
+
+
+def test_a_kernel_that_fails_to_compile_is_set_aside(cpu_kernels):
+  cpu_kernels(chunk_delta_rule_gpu)
+  _, compiled, info = _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta))
+  assert info['kernels'] == []
+  assert list(info['set_aside']) == ['delta_rule@cpu']
+  assert 'interpret mode' in info['set_aside']['delta_rule@cpu']
+  expected = chunk_delta_rule(*_inputs())
+  assert jnp.allclose(compiled(*_inputs()), expected, atol=1e-5)
+  # Set aside for the process: the next trace goes straight to XLA and records no kernel.
+  with dispatch.record_kernels() as chosen:
+    jax.jit(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta)).lower(*_inputs())
+  assert chosen == [] and 'delta_rule@cpu' in dispatch.kernels_set_aside()
+
+
+def test_a_kernel_that_compiles_is_kept_and_reported(cpu_kernels):
+  cpu_kernels(chunk_delta_rule)  # a working 'kernel': the XLA implementation itself
+  _, _, info = _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta))
+  assert info == {'kernels': ['delta_rule']} and dispatch.kernels_set_aside() == {}
+
+
+def test_the_designs_own_error_is_raised_and_the_kernel_kept(cpu_kernels):
+  """When the XLA build fails too, the kernel was not the problem: the first error comes back unchanged."""
+  cpu_kernels(chunk_delta_rule)
+
+  def broken(q, k, v, beta):
+    o = ops.delta_rule(q, k, v, beta)
+    return o @ jnp.ones((3, 5))  # a shape error of the design's own
+
+  with pytest.raises(TypeError, match='dot_general'):
+    _compile(broken)
+  assert dispatch.kernels_set_aside() == {}
+
+
+def test_an_explicit_kernel_choice_never_falls_back(cpu_kernels):
+  cpu_kernels(chunk_delta_rule_gpu)
+  with ops.use_impl('kernel'), pytest.raises(ValueError, match='interpret mode'):
+    _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta))
+  assert dispatch.kernels_set_aside() == {}
+
+
+def test_training_goes_on_with_xla_and_records_it(cpu_kernels, tmp_path):
+  c = base_config()
+  c.model.update(design='deltanet', d_model=64, num_layers=2, num_heads=2, mlp_hidden=64)
+  c.data.update(synthetic_num_docs=200, val_docs=8)
+  c.train.update(seq_len=64, global_batch=4, max_steps=3, warmup_steps=1, eval_every=0, eval_batches=1,
+                 log_every=1, checkpoint_every=0, compute_dtype='float32', tensorboard=False)
+  plain = train(c, str(tmp_path / 'xla'))
+  cpu_kernels(chunk_delta_rule_gpu)
+  fallen_back = train(c, str(tmp_path / 'kernel'))
+  assert plain['ops'] == {'kernels': []}
+  assert list(fallen_back['ops']['set_aside']) == ['delta_rule@cpu'] and fallen_back['ops']['kernels'] == []
+  assert fallen_back['final_train_loss'] == plain['final_train_loss']
+  assert fallen_back['final_val_loss'] == plain['final_val_loss']
+
+
+def test_the_harness_scorer_falls_back_per_shape(cpu_kernels):
+  """Evaluation compiles its own forward per batch shape: a failing kernel is set aside there too, and the
+  scores equal those of the XLA ops."""
+  import numpy as np
+  from flax import nnx
+  from aira_jax.evaluate import harness
+  from aira_jax.evaluate.harness import requests as req_lib
+  from aira_jax.models import build_model
+  cfg = base_config().model
+  cfg.update(design='deltanet', d_model=64, num_layers=1, num_heads=2, mlp_hidden=64, vocab_size=64)
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  rows = [req_lib.Row(rng.integers(0, 64, size=n + 1).astype(np.int32), 3) for n in (20, 60, 60, 20)]
+  config = harness.ScorerConfig(max_length=64, max_batch_tokens=128)
+  plain = harness.Scorer(model, config)
+  ll_plain, _ = plain.score(rows)
+  cpu_kernels(chunk_delta_rule_gpu)
+  scorer = harness.Scorer(model, config)
+  ll, _ = scorer.score(rows)
+  assert plain.ops == {'kernels': []}
+  assert scorer.ops['kernels'] == [] and list(scorer.ops['set_aside']) == ['delta_rule@cpu']
+  assert np.allclose(ll, ll_plain, atol=1e-5)
