@@ -175,7 +175,16 @@ def breakdown(result, args: argparse.Namespace) -> dict:
           'overhead_wo_gates_s': overhead, 'engineer_wall_s': result.wall_time_s,
           'params': result.num_params, 'tokens_per_s': result.throughput,
           'scores': result.benchmark_scores, 'skipped': meta.get('eval_skipped', {}),
-          'device': summary.get('device_kind'), 'val_loss': result.val_loss}
+          'device': summary.get('device_kind'), 'val_loss': result.val_loss, 'ops': summary.get('ops')}
+
+
+def _ops_text(ops) -> str:
+  if not isinstance(ops, dict):
+    return 'not recorded'
+  text = f"Pallas kernels for {', '.join(ops['kernels'])}" if ops.get('kernels') else 'XLA ops only'
+  for name, why in (ops.get('set_aside') or {}).items():
+    text += f"; {name} SET ASIDE (failed to compile: {why[:200]})"
+  return text
 
 
 def report(row: dict, args: argparse.Namespace) -> str:
@@ -198,6 +207,7 @@ def report(row: dict, args: argparse.Namespace) -> str:
       f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {row['params']:,} parameters; batch {args.global_batch} x "
       f"T={args.seq_len} (grad_accum {args.grad_accum}); harness: {args.tasks} at limit {args.eval_limit}.",
       f'{how}.',
+      f"Ops: {_ops_text(row.get('ops'))}.",
       '',
       '| part | seconds | share of the full training run |',
       '|---|---|---|']

@@ -3,7 +3,8 @@
 Each worker is `python -m aira_jax.discovery.worker --config=FILE --worker_id=ID` on the same store ($AIRA_STORE_URL)
 (the Engineer's claim queue makes them safe to run side by side). The loop writes its fully resolved config to
 the workdir (`resolved_config.py`), so workers train exactly what the loop was configured with, command-line
-overrides included. A worker that exits (idle queue, crash) is restarted while work is queued.
+overrides included. A worker that exits (idle queue, crash) is restarted while work is queued. On a GPU machine
+each worker gets its own share of the GPUs (discovery.devices).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from absl import logging
 
+from aira_jax.discovery import devices
 from aira_jax.discovery.store import STORE_URL_ENV
 
 _RESOLVED = '''"""The resolved discovery config of this run, written by `python -m aira_jax.discover` for its workers."""
@@ -49,6 +51,9 @@ class WorkerPool:
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts = 0
         os.makedirs(log_dir, exist_ok=True)
+        gpus = devices.visible_gpus()
+        self.device_env = {f"{prefix}-{i}": devices.worker_env(i, n, gpus) for i in range(n)}
+        logging.info("training workers: %s", devices.describe(self.device_env, gpus))
 
     def command(self, worker_id: str) -> list[str]:
         # The store URL travels in the environment ($AIRA_STORE_URL), not argv, so a password stays off `ps`.
@@ -66,7 +71,7 @@ class WorkerPool:
                 self.restarts += 1
                 logging.info("worker %s exited with status %s; restarting it", wid, proc.returncode)
             log = open(os.path.join(self.log_dir, f"{wid}.log"), "ab")
-            env = {**os.environ, STORE_URL_ENV: self.store_url}
+            env = {**os.environ, STORE_URL_ENV: self.store_url, **self.device_env[wid]}
             self.procs[wid] = subprocess.Popen(self.command(wid), stdout=log, stderr=subprocess.STDOUT, env=env,
                                                stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
