@@ -96,6 +96,8 @@ def test_trains_evaluates_and_records_result(store, tmp_path):
   skipped = result.meta['eval_skipped']
   assert 'arc_easy' in skipped and 'no data file' in skipped['arc_easy'] and 'lambada_openai' in skipped
   assert result.meta['program_hash'] == program_hash(h.GOOD) and result.meta['worker'] == 'w0'
+  for summary in result.meta['summaries'].values():  # what the overhead bench and the report read per seed
+    assert summary['compile_seconds'] > 0 and summary['ops'] == {'kernels': []}
   seed_dir = os.path.join(result.meta['workdir'], 'seed-0')  # the harness read the checkpoint; then it went
   assert os.path.exists(os.path.join(seed_dir, 'metrics.jsonl'))
   assert not os.path.exists(os.path.join(seed_dir, 'checkpoints'))

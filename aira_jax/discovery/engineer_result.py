@@ -16,7 +16,7 @@ from aira_jax.discovery.training_run import RunOutcome
 ACCURACY_METRICS = ('acc_norm', 'acc')
 _SUMMARY_KEYS = ('final_train_loss', 'final_val_loss', 'final_val_bpb', 'steps', 'tokens', 'wall_seconds',
                  'loop_seconds', 'tokens_per_sec', 'params', 'param_counts', 'flops_per_step', 'stop_reason',
-                 'resumed_from_step', 'devices', 'device_kind', 'ops')
+                 'resumed_from_step', 'devices', 'device_kind', 'compile_seconds', 'ops')
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
