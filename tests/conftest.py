@@ -25,8 +25,9 @@ def _use_compile_cache() -> None:
   """Many tests compile the same small models (in this process and in CLI subprocesses, which inherit the
   environment); JAX's persistent cache makes the second compile a file read, which takes about a quarter off the
   suite's time even from a cold cache. It changes no numbers: an entry is keyed by the program, the compile
-  options and the JAX/XLA version. Sandboxed design children build their environment from scratch, so they never
-  read or write it. Set here, before anything imports JAX, because JAX reads these variables on import."""
+  options and the JAX/XLA version. The Engineer's training children inherit it as in a user's run (their compiles
+  happen outside the design's code, which the runtime guard watches); gate children never see it. Set here,
+  before anything imports JAX, because JAX reads these variables on import."""
   choice = os.environ.get(COMPILE_CACHE_ENV, "")
   if choice == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return  # switched off, or the caller chose a cache of their own

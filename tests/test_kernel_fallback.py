@@ -118,3 +118,15 @@ def test_the_harness_scorer_falls_back_per_shape(cpu_kernels):
   assert plain.ops == {'kernels': []}
   assert scorer.ops['kernels'] == [] and list(scorer.ops['set_aside']) == ['delta_rule@cpu']
   assert np.allclose(ll, ll_plain, atol=1e-5)
+
+
+def test_the_target_backend_from_the_environment(monkeypatch):
+  monkeypatch.setenv('AIRA_JAX_OPS_TARGET', 'cuda')
+  assert dispatch.lowering_target() == 'gpu' and dispatch.target_backend() == 'gpu'
+  with dispatch.lowering_for('tpu'):  # an explicit lowering_for wins
+    assert dispatch.target_backend() == 'tpu'
+  monkeypatch.setenv('AIRA_JAX_OPS_TARGET', 'gpu9000')
+  with pytest.raises(ValueError, match='AIRA_JAX_OPS_TARGET'):
+    dispatch.target_backend()
+  monkeypatch.setenv('AIRA_JAX_OPS_TARGET', '')
+  assert dispatch.lowering_target() is None and dispatch.target_backend() == 'cpu'

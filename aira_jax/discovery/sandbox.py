@@ -38,7 +38,7 @@ POLL_S = 0.05
 STDERR_TAIL = 3000
 FILE_SIZE_LIMIT = 256 << 20
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PASSED_ENV = ('AIRA_JAX_OPS_IMPL', 'CUDA_VISIBLE_DEVICES', 'LD_LIBRARY_PATH')
+PASSED_ENV = ('AIRA_JAX_OPS_IMPL', 'AIRA_JAX_OPS_TARGET', 'CUDA_VISIBLE_DEVICES', 'LD_LIBRARY_PATH')
 
 Event = dict[str, Any]
 

@@ -31,8 +31,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # Variables a training child may inherit: device selection, XLA/JAX tuning, and where task data lives.
 PASSED_ENV = ('CUDA_VISIBLE_DEVICES', 'LD_LIBRARY_PATH', 'XLA_FLAGS', 'XLA_PYTHON_CLIENT_PREALLOCATE',
               'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_ALLOCATOR', 'TPU_VISIBLE_CHIPS',
-              'TPU_PROCESS_BOUNDS', 'AIRA_JAX_OPS_IMPL', 'AIRA_HARNESS_DATA', 'HF_HOME', 'HF_DATASETS_OFFLINE',
-              'JAX_COMPILATION_CACHE_DIR')
+              'TPU_PROCESS_BOUNDS', 'AIRA_JAX_OPS_IMPL', 'AIRA_JAX_OPS_TARGET', 'AIRA_HARNESS_DATA', 'HF_HOME',
+              'HF_DATASETS_OFFLINE', 'JAX_COMPILATION_CACHE_DIR')
 
 
 @dataclasses.dataclass

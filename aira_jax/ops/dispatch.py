@@ -85,9 +85,9 @@ def load_backend_kernels(backend: str) -> list[str]:
 
 
 def preload_kernels() -> list[str]:
-    """Imports the kernels of the backend this process runs on now rather than at the first op (initialises the
-    backend). Sandboxed children call it, through RuntimeGuard.install, before their guard goes up."""
-    return load_backend_kernels(jax.default_backend())
+    """Imports the kernels of the backend ops will choose (target_backend(); initialises the backend) now rather
+    than at the first op. Sandboxed children call it, through RuntimeGuard.install, before their guard goes up."""
+    return load_backend_kernels(target_backend())
 
 
 def set_aside(ops: "list[str] | tuple[str, ...] | set[str]", why: str, backend: str | None = None) -> None:
@@ -153,14 +153,30 @@ def use_impl(impl: str):
         _local.impl = prev
 
 
+TARGET_ENV = "AIRA_JAX_OPS_TARGET"
+
+
+def _env_target() -> str | None:
+    value = os.environ.get(TARGET_ENV, "").strip().lower()
+    if not value:
+        return None
+    backend = canonical_backend(value)
+    if backend not in KERNEL_BACKENDS + ("cpu",):
+        raise ValueError(f"{TARGET_ENV}={value!r}: choose one of {KERNEL_BACKENDS + ('cpu',)} (or leave it unset)")
+    return backend
+
+
 def target_backend() -> str:
-    """The backend whose kernels ops choose: jax.default_backend(), unless `lowering_for` names another."""
-    return getattr(_local, "target", None) or canonical_backend(jax.default_backend())
+    """The backend whose kernels ops choose: jax.default_backend(), unless `lowering_for` or $AIRA_JAX_OPS_TARGET
+    names another."""
+    return lowering_target() or canonical_backend(jax.default_backend())
 
 
 def lowering_target() -> str | None:
-    """The backend named by an enclosing `lowering_for`, or None."""
-    return getattr(_local, "target", None)
+    """The backend named by an enclosing `lowering_for`, else by $AIRA_JAX_OPS_TARGET (a process-wide
+    `lowering_for`, which sandboxed children inherit: it rehearses a GPU run's kernel choices on a CPU host, where
+    each kernel then fails to compile and is set aside), or None."""
+    return getattr(_local, "target", None) or _env_target()
 
 
 @contextlib.contextmanager
