@@ -130,3 +130,59 @@ def test_the_target_backend_from_the_environment(monkeypatch):
     dispatch.target_backend()
   monkeypatch.setenv('AIRA_JAX_OPS_TARGET', '')
   assert dispatch.lowering_target() is None and dispatch.target_backend() == 'cpu'
+
+
+def _off_by_one_delta_rule(q, k, v, beta, **kw):
+  """A 'kernel' that compiles and runs, with wrong numbers: it reads each key one position late (an indexing bug;
+  its gradients differ from the XLA ops' by a relative RMS of ~1.5, a correct bf16 kernel's by ~0.02)."""
+  return chunk_delta_rule(q, jnp.roll(k, 1, axis=1), v, beta, **kw)
+
+
+def _check_config(**train):
+  c = base_config()
+  c.model.update(design='deltanet', d_model=64, num_layers=2, num_heads=2, mlp_hidden=64)
+  c.data.update(synthetic_num_docs=200, val_docs=8)
+  c.train.update(seq_len=64, global_batch=4, max_steps=3, warmup_steps=1, eval_every=0, eval_batches=1,
+                 log_every=1, checkpoint_every=0, compute_dtype='float32', tensorboard=False, check_kernels=True)
+  c.train.update(train)
+  return c
+
+
+def test_a_kernel_with_wrong_numbers_is_caught_by_the_check(cpu_kernels, tmp_path):
+  c = _check_config()
+  plain = train(c, str(tmp_path / 'xla'))
+  assert plain['ops'] == {'kernels': []}  # nothing to check without a kernel
+  cpu_kernels(_off_by_one_delta_rule)
+  checked = train(c, str(tmp_path / 'wrong'))
+  ops = checked['ops']
+  assert ops['kernels'] == [] and ops['check']['ok'] is False
+  assert ops['set_aside']['delta_rule@cpu'].startswith('numerics: ') and 'gradient of' in ops['check']['reason']
+  assert checked['final_train_loss'] == plain['final_train_loss']  # trained with the XLA ops after all
+
+
+def test_a_correct_kernel_passes_the_check_and_is_kept(cpu_kernels, tmp_path):
+  cpu_kernels(chunk_delta_rule)
+  ops = train(_check_config(compute_dtype='bfloat16'), str(tmp_path / 'ok'))['ops']
+  assert ops['kernels'] == ['delta_rule'] and 'set_aside' not in ops
+  assert ops['check']['ok'] and ops['check']['loss_rel_err'] == 0.0 and ops['check']['precision'] == 'low'
+
+
+def test_the_real_gpu_kernel_interpreted_agrees_with_xla(cpu_kernels):
+  """No false alarm from a correct kernel that computes differently: the Mosaic GPU delta-rule kernel in the GPU
+  interpreter, bf16, against the XLA ops on a small model's loss and gradients."""
+  import functools
+  from flax import nnx
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  from aira_jax.models import build_model
+  from aira_jax.train import steps as steps_lib
+  cpu_kernels(functools.partial(chunk_delta_rule_gpu, interpret=plgpu.InterpretGPUParams()))
+  cfg = base_config().model
+  cfg.update(design='deltanet', d_model=128, num_layers=1, num_heads=2, mlp_hidden=64, vocab_size=64)
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  result = kernel_fallback.compare_with_xla(
+      lambda: steps_lib.make_loss_and_grad(graphdef, compute_dtype=jnp.bfloat16),
+      (nnx.to_pure_dict(params), nnx.to_pure_dict(rest), kernel_fallback.random_tokens((2, 129), 64)))
+  print('interpreted GPU kernel vs XLA:', {k: result[k] for k in ('loss_rel_err', 'grad_rel_rms_max', 'worst')})
+  assert result['ok'], result
+  assert result['loss_rel_err'] < 5e-3 and result['grad_rel_rms_max'] < 0.05, result

@@ -6,17 +6,28 @@ that uses the op. Instead the kernels chosen while tracing the step are set asid
 names them and the error), the step is rebuilt and compiled with the XLA ops, and the run records what happened
 (`ops` in its summary). If the XLA build fails too, the failure is not the kernels': they are restored and the
 first error is raised unchanged. An explicit impl='kernel' (or AIRA_JAX_OPS_IMPL=kernel) never falls back.
+
+A kernel can also compile and compute the wrong numbers. `compile_checked` (the trainer's check_kernels) runs one
+forward and backward with the kernels and with the XLA ops on the same inputs and sets the kernels aside when
+the loss or any parameter's gradient disagrees beyond what the precision explains.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from aira_jax.ops import dispatch
 
 ERROR_CHARS = 600
+# Kernel vs XLA on one forward+backward: relative loss difference, and the relative RMS difference of each
+# parameter's gradient. Two correct bf16 implementations differ by ~1e-2 at most; a wrong kernel by O(1).
+TOLERANCE = {'low': {'loss': 2e-2, 'grad': 0.2}, 'float32': {'loss': 1e-3, 'grad': 5e-2}}
+TINY_GRAD_FRACTION = 1e-4  # leaves whose gradient is this small against the largest are not compared
 
 
 def _brief(error: BaseException) -> str:
@@ -53,3 +64,72 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
   logging.warning('Compiled with the XLA ops for %s (kernels set aside)', ', '.join(kernels))
   return step, compiled, {'kernels': [], 'set_aside': {k: why for k in dispatch.kernels_set_aside()
                                                        if k.split('@')[0] in kernels}}
+
+
+def _path(key_path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in key_path)
+
+
+def compare_with_xla(make_fn: Callable[[], Callable], args: tuple, *, precision: str = 'low') -> dict[str, Any]:
+  """Runs make_fn()(*args) -> (loss, grads) with the current op choices and again with the XLA ops, and
+  compares: {'ok', 'loss_kernel', 'loss_xla', 'loss_rel_err', 'grad_rel_rms_max', 'worst', 'reason'}."""
+  tol = TOLERANCE[precision]
+  loss_k, grads_k = jax.jit(make_fn())(*args)
+  with dispatch.use_impl('xla'):
+    loss_x, grads_x = jax.jit(make_fn())(*args)
+  loss_k, loss_x = float(loss_k), float(loss_x)
+  flat_k = jax.tree_util.tree_flatten_with_path(grads_k)[0]
+  flat_x = jax.tree_util.tree_flatten_with_path(grads_x)[0]
+  norms = [float(jnp.linalg.norm(jnp.ravel(g).astype(jnp.float32))) for _, g in flat_x]
+  biggest = max(norms, default=0.0)
+  worst, worst_err = '', 0.0
+  finite = math.isfinite(loss_k) and math.isfinite(loss_x)
+  for (path, gk), (_, gx), norm in zip(flat_k, flat_x, norms):
+    diff = float(jnp.linalg.norm(jnp.ravel(gk).astype(jnp.float32) - jnp.ravel(gx).astype(jnp.float32)))
+    if not (math.isfinite(diff) and math.isfinite(norm)):
+      finite, worst, worst_err = False, _path(path), math.inf
+      break
+    if norm <= TINY_GRAD_FRACTION * biggest:
+      continue
+    err = diff / norm
+    if err > worst_err:
+      worst, worst_err = _path(path), err
+  loss_err = abs(loss_k - loss_x) / max(abs(loss_x), 1e-6)
+  reasons = []
+  if not finite:
+    reasons.append(f'non-finite values (loss {loss_k} vs {loss_x}; {worst or "-"})')
+  if loss_err > tol['loss']:
+    reasons.append(f'loss {loss_k:.6g} vs {loss_x:.6g} with the XLA ops (relative {loss_err:.2e} > {tol["loss"]:g})')
+  if finite and worst_err > tol['grad']:
+    reasons.append(f'gradient of {worst} differs by relative RMS {worst_err:.2e} > {tol["grad"]:g}')
+  return {'ok': not reasons, 'loss_kernel': loss_k, 'loss_xla': loss_x, 'loss_rel_err': loss_err,
+          'grad_rel_rms_max': worst_err, 'worst': worst, 'reason': '; '.join(reasons), 'precision': precision}
+
+
+def compile_checked(build: Callable[[], Any], compile_fn: Callable[[Any], Any],
+                    check: Callable[[], dict[str, Any]] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+  """compile_step, then (when `check` is given and kernels were chosen) `check()` -> compare_with_xla's dict; a
+  failed check sets the kernels aside and compiles again with the XLA ops. ops gains 'check'."""
+  step, compiled, ops = compile_step(build, compile_fn)
+  if check is None or not ops['kernels']:
+    return step, compiled, ops
+  result = check()
+  if result['ok']:
+    logging.info('Pallas kernel(s) %s agree with the XLA ops (loss rel. %.1e, worst gradient rel. RMS %.1e)',
+                 ', '.join(ops['kernels']), result['loss_rel_err'], result['grad_rel_rms_max'])
+    return step, compiled, {**ops, 'check': result}
+  kernels = ops['kernels']
+  why = f"numerics: {result['reason']}"
+  logging.warning('Pallas kernel(s) %s disagree with the XLA ops (%s); setting them aside for this process',
+                  ', '.join(kernels), result['reason'])
+  dispatch.set_aside(kernels, why)
+  jax.clear_caches()
+  step, compiled, again = compile_step(build, compile_fn)
+  aside = {k: v for k, v in dispatch.kernels_set_aside().items() if k.split('@')[0] in kernels}
+  return step, compiled, {**again, 'set_aside': aside, 'check': result}
+
+
+def random_tokens(shape: tuple[int, int], vocab_size: int, sharding: Any = None, seed: int = 0) -> jax.Array:
+  """Token ids for a check (uniform over the vocabulary), placed with `sharding`."""
+  tokens = np.random.default_rng(seed).integers(0, vocab_size, size=shape, dtype=np.int32)
+  return jax.device_put(tokens, sharding) if sharding is not None else jnp.asarray(tokens)

@@ -78,6 +78,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.compute_dtype = 'bfloat16'  # forward/backward dtype; master weights stay float32
   c.grad_accum = 1  # microbatches per step (global_batch must divide by it)
   c.prefetch = 2  # batches read and placed ahead by a background thread; 0 = inline
+  # Before training, one forward+backward with the backend's Pallas kernels is compared with the XLA ops on the
+  # same weights and tokens; a mismatch sets the kernels aside for the run (two extra compiles; single host).
+  c.check_kernels = False
   # Evaluation and logging.
   c.eval_every = 500  # steps; 0 = only at the end
   c.eval_batches = 8

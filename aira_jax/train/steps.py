@@ -25,6 +25,18 @@ def next_token_nll(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens: jax.A
   return nll, nnx.to_pure_dict(new_rest)
 
 
+def make_loss_and_grad(graphdef: nnx.GraphDef, *, compute_dtype: Any) -> Callable:
+  """(params, rest, tokens) -> (mean next-token loss, grads w.r.t. params): the step's forward and backward
+  without the optimizer (for comparing op paths). A new function per call, so each jit traces afresh."""
+
+  def loss_and_grad(params, rest, tokens):
+    def loss(p):
+      nll, _ = next_token_nll(graphdef, p, rest, tokens, compute_dtype)
+      return jnp.mean(nll)
+    return jax.value_and_grad(loss)(params)
+  return loss_and_grad
+
+
 def make_train_step(setup: StateSetup, tx: optax.GradientTransformation, mesh: Mesh, *,
                     compute_dtype: Any, grad_accum: int = 1) -> Callable:
   """jit(train_step)(state, batch, lr) -> (state, metrics); the input state is donated.

@@ -167,13 +167,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   start_step = step
 
   # Compile once up front: cost analysis for FLOPs, and compile time kept out of throughput. A Pallas kernel that
-  # fails to compile is set aside and the step is built with the XLA ops (aira_jax.ops.fallback).
+  # fails to compile (or, with check_kernels, disagrees with XLA) is set aside: XLA ops (aira_jax.ops.fallback).
   t0 = time.time()
-  _, compiled, ops_info = kernel_fallback.compile_step(
+  _, compiled, ops_info = kernel_fallback.compile_checked(
       lambda: steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype, grad_accum=tc.grad_accum),
       lambda step: step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
           (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
-          jax.ShapeDtypeStruct((), jnp.float32)).compile())
+          jax.ShapeDtypeStruct((), jnp.float32)).compile(),
+      _kernel_check(tc, setup, state, model_cfg, batch_sh, compute_dtype, pc))
   compile_seconds = time.time() - t0
   logging.info('Compiled train_step in %.1f s', compile_seconds)
   flops_per_step = _flops_per_step(compiled, setup, model_cfg, tc, tokens_per_step)
@@ -315,6 +316,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       json.dump(summary, f, indent=2, default=str)
   logging.info('Summary: %s', summary)
   return summary
+
+
+def _kernel_check(tc: Any, setup: Any, state: Any, model_cfg: Any, batch_sh: Any, compute_dtype: Any,
+                  process_count: int) -> Callable[[], dict[str, Any]] | None:
+  """train.check_kernels: one forward+backward on random tokens, Pallas kernels vs XLA ops (single host)."""
+  if not tc.check_kernels:
+    return None
+  if process_count > 1:
+    logging.info('check_kernels: skipped on a multi-host run')
+    return None
+  shape = (tc.global_batch // tc.grad_accum, tc.seq_len + 1)
+  precision = 'float32' if compute_dtype == jnp.float32 else 'low'
+  return lambda: kernel_fallback.compare_with_xla(
+      lambda: steps_lib.make_loss_and_grad(setup.graphdef, compute_dtype=compute_dtype),
+      (state.params, state.rest, kernel_fallback.random_tokens(shape, model_cfg.vocab_size, batch_sh)),
+      precision=precision)
 
 
 def _unigram_entropy(eval_batches: list[dict]) -> float | None:
