@@ -161,3 +161,40 @@ def _fmt(v: Any) -> str:
   if isinstance(v, float):
     return f'{v:.4g}'
   return str(v)
+
+
+def step_flops(compiled: Any, setup: Any, model_cfg: Any, tc: Any, tokens_per_step: int) -> float:
+  """XLA's count of the compiled step when it is credible, else 6·N·tokens + attention.
+
+  Any training step does at least 6 FLOPs per matmul parameter per token, so an XLA count below
+  that bound is an under-count: loop bodies counted once (scans over microbatches or chunks) or,
+  on GPU, GEMMs lowered to library calls that the cost model does not see.
+  """
+  embed = 0 if model_cfg.get('tie_embeddings', False) else model_cfg.vocab_size * model_cfg.d_model
+  analytic = analytic_flops_per_step(
+      setup.num_params, embed, tokens_per_step, num_layers=model_cfg.num_layers,
+      d_model=model_cfg.d_model, seq_len=tc.seq_len)
+  lower_bound = 6.0 * max(setup.num_params - embed, 0) * tokens_per_step
+  xla = compiled_flops(compiled, jax.device_count())
+  if xla is None:
+    logging.info('FLOPs/step %.3e (analytic 6ND + attention; no XLA cost analysis)', analytic)
+    return analytic
+  if xla < 0.95 * lower_bound:
+    logging.info('FLOPs/step %.3e analytic (XLA cost analysis %.3e is below 6ND = %.3e, an '
+                 'under-count)', analytic, xla, lower_bound)
+    return analytic
+  logging.info('FLOPs/step %.3e from XLA cost analysis (analytic %.3e)', xla, analytic)
+  return xla
+
+
+def progress_line(step: int, total: int | None, m: dict, dt: float, tc: Any, elapsed: float) -> str:
+  """The trainer's progress line: step, loss, lr, tokens/s, step time and the ETA of the set budget."""
+  eta = float('inf')
+  if total is not None:
+    eta = (total - step) * dt
+  if tc.max_seconds > 0:
+    eta = min(eta, tc.max_seconds - elapsed)
+  of = f'/{total}' if total is not None else ''
+  return (f'step {step}{of} | loss {m["loss"]:.4f} | lr {m["lr"]:.3e} | '
+          f'{m["tokens_per_sec"]:,.0f} tok/s | {dt * 1e3:.1f} ms/step | '
+          f'ETA {format_duration(eta)}')

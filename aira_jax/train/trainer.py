@@ -177,7 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       _kernel_check(tc, setup, state, model_cfg, batch_sh, compute_dtype, pc))
   compile_seconds = time.time() - t0
   logging.info('Compiled train_step in %.1f s', compile_seconds)
-  flops_per_step = _flops_per_step(compiled, setup, model_cfg, tc, tokens_per_step)
+  flops_per_step = metrics_lib.step_flops(compiled, setup, model_cfg, tc, tokens_per_step)
   peak = metrics_lib.peak_flops_per_device()
   num_devices = jax.device_count()
 
@@ -255,7 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
         if step % tc.log_every == 0:
           writer.write(step, m)
         if step % progress_every == 0 and pi == 0:
-          logging.info('%s', _progress_line(step, total_steps, m, dt, tc, loop_elapsed()))
+          logging.info('%s', metrics_lib.progress_line(step, total_steps, m, dt, tc, loop_elapsed()))
 
       eval_due = bool(eval_batches) and tc.eval_every > 0 and step % tc.eval_every == 0
       if eval_due or (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0):
@@ -376,41 +376,3 @@ def _resolve_model_config(model_cfg: Any, tokenizer: Any) -> ml_collections.Conf
     raise ValueError(f'model.vocab_size={cfg.vocab_size} is smaller than the tokenizer '
                      f'vocabulary ({tokenizer.vocab_size})')
   return cfg
-
-
-def _flops_per_step(compiled: Any, setup: Any, model_cfg: Any, tc: Any,
-                    tokens_per_step: int) -> float:
-  """XLA's count of the compiled step when it is credible, else 6·N·tokens + attention.
-
-  Any training step does at least 6 FLOPs per matmul parameter per token, so an XLA count below
-  that bound is an under-count: loop bodies counted once (scans over microbatches or chunks) or,
-  on GPU, GEMMs lowered to library calls that the cost model does not see.
-  """
-  embed = 0 if model_cfg.get('tie_embeddings', False) else model_cfg.vocab_size * model_cfg.d_model
-  analytic = metrics_lib.analytic_flops_per_step(
-      setup.num_params, embed, tokens_per_step, num_layers=model_cfg.num_layers,
-      d_model=model_cfg.d_model, seq_len=tc.seq_len)
-  lower_bound = 6.0 * max(setup.num_params - embed, 0) * tokens_per_step
-  xla = metrics_lib.compiled_flops(compiled, jax.device_count())
-  if xla is None:
-    logging.info('FLOPs/step %.3e (analytic 6ND + attention; no XLA cost analysis)', analytic)
-    return analytic
-  if xla < 0.95 * lower_bound:
-    logging.info('FLOPs/step %.3e analytic (XLA cost analysis %.3e is below 6ND = %.3e, an '
-                 'under-count)', analytic, xla, lower_bound)
-    return analytic
-  logging.info('FLOPs/step %.3e from XLA cost analysis (analytic %.3e)', xla, analytic)
-  return xla
-
-
-def _progress_line(step: int, total: int | None, m: dict, dt: float, tc: Any,
-                   elapsed: float) -> str:
-  eta = float('inf')
-  if total is not None:
-    eta = (total - step) * dt
-  if tc.max_seconds > 0:
-    eta = min(eta, tc.max_seconds - elapsed)
-  of = f'/{total}' if total is not None else ''
-  return (f'step {step}{of} | loss {m["loss"]:.4f} | lr {m["lr"]:.3e} | '
-          f'{m["tokens_per_sec"]:,.0f} tok/s | {dt * 1e3:.1f} ms/step | '
-          f'ETA {metrics_lib.format_duration(eta)}')
