@@ -1,9 +1,11 @@
 """Chooses, per op and call, which implementation runs, and says so in the logs.
 
 Order: an explicit `impl=` argument, then a forced default (`set_impl`, the `use_impl` context manager, or the
-AIRA_JAX_OPS_IMPL environment variable), then a backend kernel registered for `jax.default_backend()` whose
-`applies(...)` accepts the arguments, then the XLA chunked implementation. Choices happen at trace time, so the
-log line appears once per op and path, not once per step.
+AIRA_JAX_OPS_IMPL environment variable), then a backend kernel registered for the target backend
+(`jax.default_backend()`, or the one `lowering_for` / AIRA_JAX_OPS_TARGET names) whose `applies(...)` accepts the
+arguments and which this process has not set aside after a failure (`set_aside`, used by aira_jax.ops.fallback),
+then the XLA chunked implementation. Choices happen at trace time, so the log line appears once per op and path,
+not once per step.
 
 Backend kernels are imported lazily: the first choice made on a 'gpu' or 'tpu' backend imports
 pallas_kernels.<op>.<backend> for every op in KERNEL_OPS, and each of those modules registers itself. Importing

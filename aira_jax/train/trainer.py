@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from aira_jax.train import checkpoint as ckpt_lib
 from aira_jax.ops import fallback as kernel_fallback
+from aira_jax.train import checkpoint as ckpt_lib
 from aira_jax.train import metrics as metrics_lib
 from aira_jax.train import prefetch as prefetch_lib
 from aira_jax.train import schedules
