@@ -186,3 +186,14 @@ def test_the_real_gpu_kernel_interpreted_agrees_with_xla(cpu_kernels):
   print('interpreted GPU kernel vs XLA:', {k: result[k] for k in ('loss_rel_err', 'grad_rel_rms_max', 'worst')})
   assert result['ok'], result
   assert result['loss_rel_err'] < 5e-3 and result['grad_rel_rms_max'] < 0.05, result
+
+
+def test_an_eval_step_compiled_at_its_first_call_falls_back_too(cpu_kernels):
+  cpu_kernels(chunk_delta_rule_gpu)
+  step = kernel_fallback.CompileOnFirstCall(lambda: jax.jit(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta)))
+  assert step.ops is None
+  out = step(*_inputs())
+  assert jnp.allclose(out, chunk_delta_rule(*_inputs()), atol=1e-5)
+  assert step.ops['kernels'] == [] and list(step.ops['set_aside']) == ['delta_rule@cpu']
+  assert kernel_fallback.merge_ops({'kernels': ['delta_rule', 'simple_gla']}, step.ops, None) == {
+      'kernels': ['simple_gla'], 'set_aside': step.ops['set_aside']}

@@ -66,6 +66,39 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
                                                        if k.split('@')[0] in kernels}}
 
 
+class CompileOnFirstCall:
+  """A jitted step built by `build()` and compiled, through compile_step, for the arguments of its first call;
+  later calls must bring the same shapes and shardings (an evaluation step over equal batches). `.ops` says which
+  kernels it runs or set aside (None before the first call)."""
+
+  def __init__(self, build: Callable[[], Any]):
+    self._build = build
+    self._compiled = None
+    self.ops: dict[str, Any] | None = None
+
+  def __call__(self, *args):
+    if self._compiled is None:
+      _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile())
+    return self._compiled(*args)
+
+
+def merge_ops(*infos: dict[str, Any] | None) -> dict[str, Any]:
+  """One `ops` record for several compiled steps: kernels any of them runs, and every kernel set aside."""
+  kernels: set[str] = set()
+  aside: dict[str, str] = {}
+  for info in infos:
+    if info:
+      kernels.update(info.get('kernels') or ())
+      aside.update(info.get('set_aside') or {})
+  out: dict[str, Any] = {'kernels': sorted(k for k in kernels if not any(a.split('@')[0] == k for a in aside))}
+  if aside:
+    out['set_aside'] = aside
+  for info in infos:
+    if info and 'check' in info:
+      out['check'] = info['check']
+  return out
+
+
 def _path(key_path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in key_path)
 

@@ -128,7 +128,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   setup = state_lib.setup_state(builders.build_model, model_cfg, config.seed, tx, mesh,
                                 builders.count_params)
   compute_dtype = jnp.dtype(tc.compute_dtype)
-  eval_step = steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype)
+  eval_step = kernel_fallback.CompileOnFirstCall(
+      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype))
   batch_sh = shd.batch_sharding(mesh)
 
   iterator = builders.make_train_iterator(
@@ -305,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       'param_counts': setup.param_counts,
       'flops_per_step': flops_per_step,
       'compile_seconds': compile_seconds,
-      'ops': ops_info,
+      'ops': kernel_fallback.merge_ops(ops_info, eval_step.ops),
       'stop_reason': reason,
       'resumed_from_step': start_step or None,
       'devices': num_devices,

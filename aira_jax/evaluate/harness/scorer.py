@@ -117,9 +117,7 @@ class Scorer:
       _, self._compiled[key], ops = fallback.compile_step(
           lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)),
           lambda step: step.lower(self._params, self._rest, *placed).compile())
-      aside = {**self.ops.get('set_aside', {}), **ops.get('set_aside', {})}
-      self.ops = {'kernels': sorted(set(self.ops['kernels']) | set(ops['kernels'])),
-                  **({'set_aside': aside} if aside else {})}
+      self.ops = fallback.merge_ops(self.ops, ops)
     return self._compiled[key]
 
   def _place(self, state: nnx.State) -> Any:
