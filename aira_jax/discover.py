@@ -83,6 +83,12 @@ def load_config(flag, sections: tuple[str, ...], example: str) -> Any:
     for section in sections:
         if section not in cfg:
             raise UsageError(f"--config has no `{section}` section; start from {example}")
+    if any(os.environ.get(v) for v in ("AIRA_JAX_OPS_IMPL", "AIRA_JAX_OPS_TARGET")):  # inherited by every child
+        from aira_jax.ops import dispatch  # pylint: disable=import-outside-toplevel
+        try:
+            dispatch.check_environment()
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     return cfg
 
 

@@ -22,6 +22,15 @@ TINY = [f"--config={CONFIG}", "--config.seed.baseline_seeds=0", "--config.loop.m
         "--config.check.stop_after=static", "--config.loop.poll_s=0.2"]
 
 
+def test_malformed_ops_variables_are_usage_errors(tmp_path, capsys, monkeypatch):
+    """Every training child inherits them: a typo is named once, before the loop starts."""
+    for name, value in (("AIRA_JAX_OPS_TARGET", "gpuu"), ("AIRA_JAX_OPS_IMPL", "pallas")):
+        monkeypatch.setenv(name, value)
+        assert discover.main(["discover", *TINY, f"--workdir={tmp_path}"]) == discover.EXIT_USAGE
+        assert f"{name}={value!r}" in capsys.readouterr().err
+        monkeypatch.delenv(name)
+
+
 def test_usage_errors(tmp_path, capsys):
     assert discover.main(["discover", *TINY]) == discover.EXIT_USAGE
     assert "--workdir is required" in capsys.readouterr().err

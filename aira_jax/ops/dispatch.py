@@ -137,7 +137,17 @@ def default_impl() -> str:
     forced = getattr(_local, "impl", None)
     if forced is not None:
         return forced
-    return _check(os.environ.get("AIRA_JAX_OPS_IMPL", "auto").strip().lower() or "auto")
+    value = os.environ.get("AIRA_JAX_OPS_IMPL", "auto").strip().lower() or "auto"
+    if value not in IMPLS:
+        raise ValueError(f"AIRA_JAX_OPS_IMPL={value!r}: choose one of {IMPLS} (or leave it unset)")
+    return value
+
+
+def check_environment() -> None:
+    """Raises ValueError naming the variable when AIRA_JAX_OPS_IMPL or AIRA_JAX_OPS_TARGET is malformed (entry
+    points call it once, rather than letting every op or training child fail on it)."""
+    default_impl()
+    _env_target()
 
 
 def set_impl(impl: str | None) -> None:
