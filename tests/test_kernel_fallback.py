@@ -197,3 +197,13 @@ def test_an_eval_step_compiled_at_its_first_call_falls_back_too(cpu_kernels):
   assert step.ops['kernels'] == [] and list(step.ops['set_aside']) == ['delta_rule@cpu']
   assert kernel_fallback.merge_ops({'kernels': ['delta_rule', 'simple_gla']}, step.ops, None) == {
       'kernels': ['simple_gla'], 'set_aside': step.ops['set_aside']}
+
+
+def test_nested_records_each_keep_collecting(cpu_kernels):
+  """Leaving an inner record must not unhook the outer one, even while both lists are equal (empty)."""
+  cpu_kernels(chunk_delta_rule)
+  with dispatch.record_kernels() as outer:
+    with dispatch.record_kernels() as inner:
+      pass
+    jax.jit(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta)).lower(*_inputs())
+  assert outer == ['delta_rule'] and inner == []

@@ -92,12 +92,13 @@ def preload_kernels() -> list[str]:
     return load_backend_kernels(target_backend())
 
 
-def set_aside(ops: "list[str] | tuple[str, ...] | set[str]", why: str, backend: str | None = None) -> None:
+def set_aside(ops: "list[str] | tuple[str, ...] | set[str]", why: str, backend: str | None = None) -> dict[str, str]:
     """Stops choosing the kernels of `ops` on `backend` in this process (a compile failure): 'auto' then takes
-    the XLA path and logs why. An explicit impl='kernel' still gets the kernel."""
+    the XLA path and logs why. An explicit impl='kernel' still gets the kernel. Returns {'op@backend': why}."""
     backend = canonical_backend(backend) if backend else target_backend()
     for op in ops:
         _set_aside[(op, backend)] = why
+    return {f"{op}@{backend}": why for op in ops}
 
 
 def restore_kernels(ops: "list[str] | tuple[str, ...] | set[str]", backend: str | None = None) -> None:
@@ -124,7 +125,7 @@ def record_kernels():
     try:
         yield chosen
     finally:
-        stack.remove(chosen)
+        stack[:] = [c for c in stack if c is not chosen]  # by identity: two records can hold equal lists
 
 
 def _check(impl: str) -> str:

@@ -52,8 +52,7 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
   why = _brief(first)
   logging.warning('Pallas kernel(s) %s failed to compile (%s); setting them aside for this process and '
                   'compiling with the XLA ops instead', ', '.join(kernels), why)
-  dispatch.set_aside(kernels, why)
-  jax.clear_caches()  # traces are cached by function: without this a rebuilt jit could reuse the kernel's trace
+  aside = _set_aside(kernels, why)
   try:
     step = build()
     compiled = compile_fn(step)
@@ -62,8 +61,13 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
     logging.warning('The XLA build failed as well: the error is not the kernels\'; they are restored')
     raise first from None
   logging.warning('Compiled with the XLA ops for %s (kernels set aside)', ', '.join(kernels))
-  return step, compiled, {'kernels': [], 'set_aside': {k: why for k in dispatch.kernels_set_aside()
-                                                       if k.split('@')[0] in kernels}}
+  return step, compiled, {'kernels': [], 'set_aside': aside}
+
+
+def _set_aside(kernels: list[str], why: str) -> dict[str, str]:
+  aside = dispatch.set_aside(kernels, why)
+  jax.clear_caches()  # traces are cached by function: without this a rebuilt jit could reuse the kernel's trace
+  return aside
 
 
 class CompileOnFirstCall:
@@ -111,14 +115,16 @@ def compare_with_xla(make_fn: Callable[[], Callable], args: tuple, *, precision:
   with dispatch.use_impl('xla'):
     loss_x, grads_x = jax.jit(make_fn())(*args)
   loss_k, loss_x = float(loss_k), float(loss_x)
-  flat_k = jax.tree_util.tree_flatten_with_path(grads_k)[0]
-  flat_x = jax.tree_util.tree_flatten_with_path(grads_x)[0]
-  norms = [float(jnp.linalg.norm(jnp.ravel(g).astype(jnp.float32))) for _, g in flat_x]
-  biggest = max(norms, default=0.0)
+  # Per leaf: |g_xla| and |g_kernel - g_xla|, in one compiled pass and one transfer.
+  def leaf_stats(k, x):
+    k, x = jnp.ravel(k).astype(jnp.float32), jnp.ravel(x).astype(jnp.float32)
+    return jnp.stack([jnp.linalg.norm(x), jnp.linalg.norm(k - x)])
+  stats = jax.device_get(jax.jit(lambda a, b: jax.tree.map(leaf_stats, a, b))(grads_k, grads_x))
+  flat = [(path, float(v[0]), float(v[1])) for path, v in jax.tree_util.tree_flatten_with_path(stats)[0]]
+  biggest = max((norm for _, norm, _ in flat), default=0.0)
   worst, worst_err = '', 0.0
   finite = math.isfinite(loss_k) and math.isfinite(loss_x)
-  for (path, gk), (_, gx), norm in zip(flat_k, flat_x, norms):
-    diff = float(jnp.linalg.norm(jnp.ravel(gk).astype(jnp.float32) - jnp.ravel(gx).astype(jnp.float32)))
+  for path, norm, diff in flat:
     if not (math.isfinite(diff) and math.isfinite(norm)):
       finite, worst, worst_err = False, _path(path), math.inf
       break
@@ -155,10 +161,8 @@ def compile_checked(build: Callable[[], Any], compile_fn: Callable[[Any], Any],
   why = f"numerics: {result['reason']}"
   logging.warning('Pallas kernel(s) %s disagree with the XLA ops (%s); setting them aside for this process',
                   ', '.join(kernels), result['reason'])
-  dispatch.set_aside(kernels, why)
-  jax.clear_caches()
+  aside = _set_aside(kernels, why)
   step, compiled, again = compile_step(build, compile_fn)
-  aside = {k: v for k, v in dispatch.kernels_set_aside().items() if k.split('@')[0] in kernels}
   return step, compiled, {**again, 'set_aside': aside, 'check': result}
 
 
