@@ -107,18 +107,21 @@ class Scorer:
       return jnp.where(mask, token_ll, 0.0), all_greedy
 
     self._score_fn = score_fn
-    self._compiled: dict[tuple[int, int], Any] = {}  # (batch, length) -> compiled scorer
-    self.ops: dict[str, Any] = {'kernels': []}  # the backend kernels the scorer runs, or those set aside
+    self._steps: dict[tuple[int, ...], fallback.CompileOnFirstCall] = {}  # (batch, length) -> its scorer
 
-  def _scorer(self, placed: Sequence[jax.Array]) -> Any:
-    """The compiled scorer for this batch shape; a Pallas kernel that fails to compile is set aside (XLA ops)."""
+  @property
+  def ops(self) -> dict[str, Any]:
+    """The backend kernels the scorer runs, and those set aside, over the shapes compiled so far."""
+    return fallback.merge_ops(*(step.ops for step in self._steps.values()))
+
+  def _scorer(self, placed: Sequence[jax.Array]) -> fallback.CompileOnFirstCall:
+    """The scorer for this batch shape, compiled at its first batch; a Pallas kernel that fails to compile is set
+    aside (XLA ops)."""
     key = tuple(placed[0].shape)
-    if key not in self._compiled:
-      _, self._compiled[key], ops = fallback.compile_step(
-          lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)),
-          lambda step: step.lower(self._params, self._rest, *placed).compile())
-      self.ops = fallback.merge_ops(self.ops, ops)
-    return self._compiled[key]
+    if key not in self._steps:
+      self._steps[key] = fallback.CompileOnFirstCall(
+          lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)))
+    return self._steps[key]
 
   def _place(self, state: nnx.State) -> Any:
     """Params on the mesh by their logical axis names (replicated on a batch-only mesh)."""
