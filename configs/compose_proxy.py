@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
       'lease_s': 600.0,
       'heartbeat_s': 30.0,
       'debug_attempts': 0,
+      'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
       'workdir_root': 'engineer',
       'platform': '',
       'poll_s': 2.0,

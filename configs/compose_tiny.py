@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
       'lease_s': 120.0,
       'heartbeat_s': 20.0,
       'debug_attempts': 0,
+      'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
       'workdir_root': 'engineer',
       'platform': 'cpu',
       'poll_s': 1.0,

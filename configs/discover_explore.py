@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
       'lease_s': 900.0,
       'heartbeat_s': 60.0,
       'debug_attempts': 3,
+      'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
       'workdir_root': 'engineer',
       'platform': '',
   })

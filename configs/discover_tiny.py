@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
       'lease_s': 120.0,
       'heartbeat_s': 20.0,
       'debug_attempts': 2,
+      'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
       'workdir_root': 'engineer',  # relative: under --workdir
       'platform': 'cpu',
       'poll_s': 1.0,

@@ -344,3 +344,100 @@ def test_a_kernel_choice_in_the_guarded_child_falls_back_and_is_recorded(backend
   ops = result.meta['summaries']['0']['ops']
   assert ops['kernels'] == [] and list(ops['set_aside']) == [f'delta_rule@{backend}'], ops
   assert result.val_loss is not None and result.loss_curve[-1][1] < result.loss_curve[0][1]
+
+
+# A Pallas kernel that compiles and then computes garbage: the XLA delta rule with its outputs turned to NaN,
+# registered as the CPU backend's kernel by a sitecustomize on the training child's PYTHONPATH.
+_NAN_KERNEL_SITE = '''
+import jax
+import jax.numpy as jnp
+from aira_jax.ops import dispatch
+from pallas_kernels.delta_rule.xla import chunk_delta_rule
+
+
+def _nan_delta_rule(q, k, v, beta, **kw):
+  return jax.tree.map(lambda a: a * jnp.nan, chunk_delta_rule(q, k, v, beta, **kw))
+
+
+dispatch.register_kernel('delta_rule', 'cpu', _nan_delta_rule)
+'''
+
+
+def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp_path, monkeypatch):
+  """The kernel compiles, then the loss is NaN: the Engineer trains the design once more with the kernel set
+  aside; that run succeeds, so the result is recorded (saying what happened) and the worker's later runs use
+  the XLA ops from the start, without a failed run first."""
+  from aira_jax.models import baseline_source
+  site = tmp_path / 'site'
+  site.mkdir()
+  (site / 'sitecustomize.py').write_text(_NAN_KERNEL_SITE)
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(p for p in (str(site), os.environ.get('PYTHONPATH')) if p))
+  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
+  first = queue(store, 'deltanet-first', baseline_source('deltanet'))
+  second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
+  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0')
+
+  result = run_one(store, eng, first)
+  assert result is not None, store.get_experiment(first).reason
+  retry = result.meta['kernel_retry']
+  assert retry['verdict'] == 'kernel fault' and retry['kernels'] == ['delta_rule'], retry
+  assert retry['failure'].startswith('nan: training loss became nan'), retry
+  # The failed run's trainer said, before its first step, that the step ran the kernel.
+  failed_metrics = os.path.join(os.path.dirname(retry['child_dir']), 'seed-0', 'metrics.jsonl')
+  compile_record = json.loads(open(failed_metrics, encoding='utf-8').readline())
+  assert compile_record['kind'] == 'compile' and compile_record['ops']['kernels'] == ['delta_rule']
+  ops = result.meta['summaries']['0']['ops']
+  assert ops['kernels'] == [] and list(ops['set_aside']) == ['delta_rule@cpu'], ops
+  assert ops['set_aside']['delta_rule@cpu'].startswith(f'runtime failure in experiment {first} (nan: ')
+  assert math.isfinite(result.val_loss) and result.loss_curve[-1][1] < result.loss_curve[0][1]
+
+  later = run_one(store, eng, second)
+  assert later is not None and 'kernel_retry' not in later.meta, later.meta
+  assert list(later.meta['summaries']['0']['ops']['set_aside']) == ['delta_rule@cpu']
+  assert len(glob.glob(str(tmp_path / 'runs' / f'exp-{second:06d}-*' / '*' / 'child-*'))) == 1
+
+
+def _outcome(kind=None, kernels=(), suspect=False, interrupted=None):
+  from aira_jax.discovery.training_run import RunOutcome
+  failure = fl.Failure(kind, f'planted {kind}') if kind else None
+  out = RunOutcome(failure=failure, kernels=list(kernels), kernel_suspect=suspect, interrupted=interrupted,
+                   child_dir='/nowhere/child-1')
+  if failure is None and interrupted is None:
+    out.summaries = {0: {'final_val_loss': 2.0, 'final_train_loss': 2.0, 'steps': 8, 'tokens': 1024}}
+  return out
+
+
+@pytest.mark.parametrize('retry_setting', [True, False])
+def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatch, retry_setting):
+  """Kernels ran and the loss went NaN, and it does so again with them set aside: the NaN is the design's. It is
+  recorded with the retry in its diagnostics and the kernels stay in use. kernel_retry=False skips the retry."""
+  exp_id = queue(store, 'nan-design', h.GOOD)
+  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0')
+  calls = []
+
+  def fake_train(claim, exp, design, source, heartbeat, *, set_aside=None, subdir=None):
+    calls.append((set_aside, subdir))
+    return _outcome(fl.NAN, ['delta_rule'], suspect=set_aside is None)
+
+  monkeypatch.setattr(eng, '_train', fake_train)
+  assert run_one(store, eng, exp_id) is None
+  failure = failure_of(store, exp_id)
+  assert failure.kind == fl.NAN and eng._kernels_aside == {}
+  if not retry_setting:
+    assert calls == [(None, None)] and 'kernel_retry' not in failure.diagnostics
+    return
+  assert [c[1] for c in calls] == [None, 'kernels-set-aside'] and list(calls[1][0]) == ['delta_rule']
+  assert failure.diagnostics['kernel_retry']['verdict'] == 'design fault'
+
+
+def test_kernel_suspicion_rules():
+  from aira_jax.discovery.training_run import kernel_suspect
+  crash = fl.Failure(fl.CRASH, 'x')
+  assert kernel_suspect(fl.Failure(fl.NAN, 'x'), ['delta_rule'], None)
+  assert kernel_suspect(fl.Failure(fl.DIVERGENCE, 'x'), ['simple_gla'], None)
+  assert kernel_suspect(crash, ['delta_rule'], None)  # died in native code: no Python error reported
+  assert kernel_suspect(crash, ['delta_rule'], {'exc_type': 'JaxRuntimeError', 'phase': 'train'})
+  assert not kernel_suspect(crash, ['delta_rule'], {'exc_type': 'TypeError', 'phase': 'train'})  # a trace error
+  assert not kernel_suspect(fl.Failure(fl.NAN, 'x'), [], None)  # no kernel ran
+  for kind in (fl.OOM, fl.TIMEOUT, fl.POLICY, fl.CONFIG):
+    assert not kernel_suspect(fl.Failure(kind, 'x'), ['delta_rule'], None)

@@ -53,6 +53,12 @@ def test_a_kernel_that_fails_to_compile_is_set_aside(cpu_kernels):
   with dispatch.record_kernels() as chosen:
     jax.jit(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta)).lower(*_inputs())
   assert chosen == [] and 'delta_rule@cpu' in dispatch.kernels_set_aside()
+  # ... and a later step that would have run the kernel says it ran the XLA ops instead, and why.
+  assert list(chosen.aside) == ['delta_rule@cpu'] and 'interpret mode' in chosen.aside['delta_rule@cpu']
+  _, _, later = _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta) * 2)
+  assert later == {'kernels': [], 'set_aside': chosen.aside}
+  _, _, unrelated = _compile(lambda q, k, v, beta: q * beta[..., None])  # no delta rule: nothing to report
+  assert unrelated == {'kernels': []}
 
 
 def test_a_kernel_that_compiles_is_kept_and_reported(cpu_kernels):

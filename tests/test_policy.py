@@ -146,6 +146,18 @@ def test_child_env_is_scrubbed(monkeypatch, tmp_path):
   assert 'sk-secret' not in ''.join(env.values()) and 'proxy' not in ''.join(env.values())
 
 
+def test_gates_judge_the_design_with_the_xla_ops_unless_told_otherwise(monkeypatch, tmp_path):
+  """The gate child runs the XLA ops by default (a Pallas kernel that fails on this machine must not reject a
+  design, and XLA's cost analysis sees nothing inside a kernel); ops_impl or the caller's variable change it."""
+  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
+  assert child_env(str(tmp_path), GateSettings())['AIRA_JAX_OPS_IMPL'] == 'xla'
+  assert child_env(str(tmp_path), GateSettings(ops_impl='auto'))['AIRA_JAX_OPS_IMPL'] == 'auto'
+  monkeypatch.setenv('AIRA_JAX_OPS_IMPL', 'kernel')
+  assert child_env(str(tmp_path), GateSettings())['AIRA_JAX_OPS_IMPL'] == 'kernel'
+  with pytest.raises(ValueError, match='ops_impl must be one of'):
+    GateSettings(ops_impl='pallas').validate()
+
+
 # ------------------------------------------------------------------ runtime guard (static check switched off)
 
 _TEMPLATE = '''
@@ -202,12 +214,14 @@ def test_runtime_guard_refuses_and_reports(case, tmp_path):
 def test_child_environment_holds_no_secrets(monkeypatch):
   """End to end: a program that reads os.environ in the child finds neither the secret nor the caller's HOME."""
   monkeypatch.setenv('AIRA_TEST_SECRET', 'hunter2')
+  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
   body = ("    env = modules['os'].environ\n"
           "    raise ValueError('secret=' + str(env.get('AIRA_TEST_SECRET')) + ' home=' + env.get('HOME', ''))")
   verdict = check_program(_TEMPLATE.format(body=body), 'env_probe',
                           GateSettings(static_check=False, stop_after='load', timeout_s=120))
   assert verdict.gate == 'load' and 'secret=None' in verdict.reason
   assert 'hunter2' not in verdict.reason and 'aira_check_' in verdict.reason
+  assert verdict.details['ops_impl'] == 'xla'  # the verdict says which op path judged the design
 
 
 def test_children_inherit_the_callers_python_path(monkeypatch, tmp_path):

@@ -63,7 +63,7 @@ def _wait_for(predicate, timeout, what, procs=()):
 
 def _v_metrics_lines(root, exp_id):
   paths = glob.glob(os.path.join(root, f'exp-{exp_id:06d}-*', '*', 'seed-0', 'metrics.jsonl'))
-  return sum(1 for p in paths for line in open(p, encoding='utf-8') if line.strip())
+  return sum(1 for p in paths for line in open(p, encoding='utf-8') if '"kind": "train"' in line)
 
 
 def _child_pid(root, exp_id, worker):

@@ -11,6 +11,8 @@ seeds and per-seed losses) is written with the move to 'trained'. A crash goes t
 log (at most `debug_attempts` calls); a fix that passes the Checker's gates becomes the design's new program version
 and is trained again. NaN, divergence, OOM, timeout and a Debugger that gives up end as 'failed' with a reason that
 names the kind (failures.py) and carries diagnostics. Nothing a program does raises out of `run_claim`.
+A run that fails after Pallas kernels ran, the way a faulty kernel fails it, is first trained again with those
+kernels set aside (`_train_without_kernels`): a kernel's fault is not handed to the Debugger as the design's.
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class Engineer:
     self._stop = threading.Event()
     self._tries = 0
     self._last_result: Result | None = None
+    self._kernels_aside: dict[str, str] = {}  # op -> why: kernels blamed for a runtime failure in this worker
     if not self.settings.eval_tasks and not self.settings.held_out_tasks:
       logging.info('Engineer %s: no harness tasks configured; benchmark scores are skipped', worker_id)
 
@@ -174,13 +177,15 @@ class Engineer:
     except ConfigOverrideError as e:
       return self._fail(claim, exp, fl.Failure(fl.CONFIG, str(e), {'config': exp.config}))
 
-    source, history, calls = design.source, [], 0
+    source, history, calls, kernel_retry = design.source, [], 0, None
     while True:
       outcome = self._train(claim, exp, design, source, heartbeat)
+      if kernel_retry is None and s.kernel_retry and outcome.kernel_suspect and not outcome.interrupted:
+        outcome, kernel_retry = self._train_without_kernels(claim, exp, design, source, outcome, heartbeat)
       if outcome.interrupted:
         raise _Abandon(outcome.interrupted)
       if outcome.ok:
-        return self._record(claim, exp, design, source, outcome, history, start)
+        return self._record(claim, exp, design, source, outcome, history, start, kernel_retry)
       failure = outcome.failure
       logging.warning('experiment %d (%s) failed: %s', exp.id, design.name, describe(outcome))
       if not failure.debuggable or design.kind != DesignKind.PROGRAM:
@@ -246,13 +251,42 @@ class Engineer:
              f'The training error it was meant to fix:\n{outcome.error_log}')
     return None, calls
 
-  def _train(self, claim: Claim, exp: Experiment, design: Design, source: str,
-             heartbeat: _Heartbeat) -> RunOutcome:
+  def _train_without_kernels(self, claim: Claim, exp: Experiment, design: Design, source: str, failed: RunOutcome,
+                             heartbeat: _Heartbeat) -> tuple[RunOutcome, dict]:
+    """A run failed after Pallas kernels ran, the way a faulty kernel fails it (training_run.kernel_suspect):
+    trains the same program again, from scratch, with those kernels set aside. If that run succeeds the kernels
+    were at fault: they stay set aside for this worker's later runs. If it fails too, the failure is the
+    design's and its own (XLA) failure is the one recorded and debugged. Returns (outcome, what happened)."""
+    first = failed.failure
+    why = f'runtime failure in experiment {exp.id} ({first.kind}: {first.message[:200]})'
+    aside = {op: why for op in failed.kernels}
+    logging.warning('Engineer %s: experiment %d (%s) failed with the Pallas kernel(s) %s in use (%s); training it '
+                    'again with the XLA ops to tell a kernel fault from the design\'s', self.worker_id, exp.id,
+                    design.name, ', '.join(failed.kernels), first.kind)
+    retry = self._train(claim, exp, design, source, heartbeat, set_aside=aside, subdir='kernels-set-aside')
+    note = {'kernels': failed.kernels, 'failure': f'{first.kind}: {first.message[:300]}',
+            'child_dir': failed.child_dir}
+    if retry.ok:
+      note['verdict'] = 'kernel fault'
+      self._kernels_aside.update(aside)
+      logging.warning('Engineer %s: experiment %d trained with the XLA ops: the Pallas kernel(s) %s are set aside '
+                      'for the rest of this worker\'s runs', self.worker_id, exp.id, ', '.join(failed.kernels))
+    elif retry.failure is not None:
+      note['verdict'] = 'design fault'
+      retry.failure.diagnostics['kernel_retry'] = note
+      logging.info('Engineer %s: experiment %d fails with the XLA ops too (%s): not the kernels\' fault',
+                   self.worker_id, exp.id, retry.failure.kind)
+    return retry, note
+
+  def _train(self, claim: Claim, exp: Experiment, design: Design, source: str, heartbeat: _Heartbeat, *,
+             set_aside: dict[str, str] | None = None, subdir: str | None = None) -> RunOutcome:
     s = self.settings
     self._check_live(heartbeat)
     digest = program_hash(source)
     kind = 'program' if design.kind == DesignKind.PROGRAM else 'pattern'
     prog_dir = self._experiment_dir(exp) / f'{kind}-{digest[:12]}'
+    if subdir:
+      prog_dir = prog_dir / subdir
     if not s.resume:
       prog_dir = prog_dir / f'claim-{claim.attempt}-{_safe(self.worker_id)}'
     self._tries += 1
@@ -266,7 +300,8 @@ class Engineer:
     request = ChildRequest(config=config.to_dict(), seeds=s.seeds,
                            run_dirs={seed: str(prog_dir / f'seed-{seed}') for seed in s.seeds},
                            eval=evaluation, runtime_guard=s.runtime_guard, platform=platform,
-                           memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb)
+                           memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb,
+                           set_aside={**self._kernels_aside, **(set_aside or {})})
     limits = RunLimits(timeout_s=s.timeout_s, eval_timeout_s=s.eval_timeout_s, memory_mb=s.memory_mb,
                        divergence_factor=s.divergence_factor, divergence_patience=s.divergence_patience)
 
@@ -275,8 +310,10 @@ class Engineer:
         return f'claim lost: {heartbeat.lost}'
       return 'worker stopping' if self._stop.is_set() else None
 
-    logging.info('Engineer %s: training experiment %d (%s, program %s, seeds %s) in %s', self.worker_id, exp.id,
-                 design.name, digest[:12], list(s.seeds), prog_dir)
+    logging.info('Engineer %s: training experiment %d (%s, program %s, seeds %s%s) in %s', self.worker_id,
+                 exp.id, design.name, digest[:12], list(s.seeds),
+                 f", kernels set aside: {', '.join(sorted(request.set_aside))}" if request.set_aside else '',
+                 prog_dir)
     return run_training_child(request, str(child_dir), limits, should_abort=should_abort)
 
   def _experiment_dir(self, exp: Experiment) -> Path:
@@ -284,14 +321,15 @@ class Engineer:
 
   # ------------------------------------------------------------------------------------------ recording
   def _record(self, claim: Claim, exp: Experiment, design: Design, source: str, outcome: RunOutcome,
-              history: list[dict], start: float) -> Status:
+              history: list[dict], start: float, kernel_retry: dict | None = None) -> Status:
     for ev in outcome.evals.values():
       for task, why in (ev.get('skipped') or {}).items():
         logging.warning('experiment %d: harness task %s skipped: %s', exp.id, task, why)
     result = build_result(outcome, seeds=self.settings.seeds, wall_time_s=time.monotonic() - start, extra_meta={
         'worker': self.worker_id, 'claim_attempt': claim.attempt, 'program_hash': program_hash(source),
         'design_kind': design.kind.value, 'debug': history, 'workdir': os.path.dirname(outcome.child_dir),
-        'child_dir': outcome.child_dir, 'child_started_at': outcome.started_at, 'scale': exp.scale})
+        'child_dir': outcome.child_dir, 'child_started_at': outcome.started_at, 'scale': exp.scale,
+        **({'kernel_retry': kernel_retry} if kernel_retry else {})})
     self._last_result = self.store.add_result(exp.id, result, claim=claim)
     self._release(claim)  # trained is not terminal: free the experiment for the next stage (analysis) at once
     if not self.settings.keep_checkpoints:

@@ -2,7 +2,8 @@
 
     python -m aira_jax.discovery.engineer_child <dir>     (started by aira_jax.discovery.training_run)
 
-<dir>/request.json says what to run (see `training_run.ChildRequest`); progress goes to <dir>/events.jsonl as
+<dir>/request.json says what to run (see `training_run.ChildRequest`; `set_aside` names kernels this run must
+not use); progress goes to <dir>/events.jsonl as
 JSON lines: start, seed_start, seed_done (the trainer's summary), eval_start, eval_done, error (phase, exception
 type, message, full traceback, the program line), done. The parent enforces time and memory limits, watches the
 metrics JSONL for NaN and divergence, and kills this process (its whole group) when a limit is crossed.
@@ -132,6 +133,11 @@ def child_main(workdir: str) -> int:
     from aira_jax.train import trainer  # pylint: disable=import-outside-toplevel
     from aira_jax.discovery.policy import RuntimeGuard  # pylint: disable=import-outside-toplevel
     trainer.default_builders()  # imports aira_jax.data and aira_jax.models
+    if request.get('set_aside'):  # kernels the Engineer blames for an earlier runtime failure: XLA ops instead
+      from aira_jax.ops import dispatch  # pylint: disable=import-outside-toplevel
+      for op, why in sorted(request['set_aside'].items()):
+        dispatch.set_aside([op], why)
+      logging.warning('Pallas kernel(s) set aside for this run: %s', ', '.join(sorted(request['set_aside'])))
   except BaseException as e:  # pylint: disable=broad-except
     _report_error(events, 'setup', None, e)
     return EXIT_REPORTED_ERROR

@@ -5,7 +5,8 @@
 The parent (this module, no JAX imported) runs gate 1 (static policy, pure ast) itself, then starts
 `python -m aira_jax.discovery.sandbox <dir>` with:
   * a scrubbed environment: PATH, PYTHONPATH (this checkout, then the caller's entries), HOME and TMPDIR set to a
-    fresh temp dir, JAX_PLATFORMS, XLA_FLAGS, AIRA_JAX_OPS_IMPL, LANG; no API keys, tokens or proxies;
+    fresh temp dir, JAX_PLATFORMS, XLA_FLAGS, AIRA_JAX_OPS_IMPL (the caller's, else the settings' ops_impl:
+    'xla' by default, so the gates judge the design, not a Pallas kernel), LANG; no API keys, tokens or proxies;
   * a wall-clock limit for the whole check and one for each gate; the child is killed (its process group) when
     either passes;
   * a memory limit: the parent reads the child's resident set size from /proc/<pid>/status every 50 ms and kills
@@ -64,7 +65,13 @@ def child_env(workdir: str, settings: GateSettings) -> dict[str, str]:
   for name in PASSED_ENV:
     if name in os.environ and (name == 'AIRA_JAX_OPS_IMPL' or settings.platform != 'cpu'):
       env[name] = os.environ[name]
+  env['AIRA_JAX_OPS_IMPL'] = gate_ops_impl(settings)
   return env
+
+
+def gate_ops_impl(settings: GateSettings) -> str:
+  """The aira_jax.ops path the gate child runs: $AIRA_JAX_OPS_IMPL when the caller set it, else ops_impl."""
+  return os.environ.get('AIRA_JAX_OPS_IMPL', '').strip().lower() or settings.ops_impl
 
 
 
@@ -104,6 +111,7 @@ def check_program(source: str, name: str, settings: Any = None, *,
     gates, peak_mb = _run_child(source, name, settings, workdir, on_event)
   verdict = Verdict.from_gates([static, *gates], time.monotonic() - start)
   verdict.details.setdefault('peak_rss_mb', round(peak_mb, 1))
+  verdict.details.setdefault('ops_impl', gate_ops_impl(settings))
   return verdict
 
 

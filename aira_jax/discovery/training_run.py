@@ -46,6 +46,7 @@ class ChildRequest:
   platform: str = ''  # JAX_PLATFORMS for the child; '' inherits the parent's
   memory_mb: int = 0  # resident-memory limit (0: none)
   address_space_slack_mb: int = 8192
+  set_aside: dict[str, str] = dataclasses.field(default_factory=dict)  # op -> why: kernels the child must not use
 
   def to_json(self) -> str:
     data = dataclasses.asdict(self)
@@ -75,6 +76,8 @@ class RunOutcome:
   started_at: float = 0.0  # time.time() when the child was started
   peak_rss_mb: float = 0.0
   child_dir: str = ''
+  kernels: list[str] = dataclasses.field(default_factory=list)  # ops that ran a Pallas kernel in the child
+  kernel_suspect: bool = False  # the failure came after kernels ran and is of a kind a faulty kernel causes
 
   @property
   def ok(self) -> bool:
@@ -148,6 +151,7 @@ class _Monitor:
     self.watch: dict[int, fl.LossWatch] = {}
     self.last_metrics: dict[str, Any] | None = None
     self.loss_failure: fl.Failure | None = None
+    self.kernels: set[str] = set()  # from the trainer's 'compile' records and the seeds' summaries
 
   def on_event(self, event: dict[str, Any]) -> None:
     kind, seed = event.get('event'), event.get('seed')
@@ -158,7 +162,8 @@ class _Monitor:
       self.metrics[int(seed)] = JsonlTail(path)
       self.watch[int(seed)] = fl.LossWatch(self.limits.divergence_factor, self.limits.divergence_patience)
     elif kind == 'seed_done':
-      self.outcome.summaries[int(seed)] = event.get('summary') or {}
+      self.outcome.summaries[int(seed)] = summary = event.get('summary') or {}
+      self._note_kernels(summary.get('ops'))
     elif kind == 'eval_start':
       self.phase, self.phase_start = 'eval', time.monotonic()
     elif kind == 'eval_done':
@@ -169,9 +174,15 @@ class _Monitor:
     elif kind == 'done':
       self.done = True
 
+  def _note_kernels(self, ops: Any) -> None:
+    if isinstance(ops, dict) and isinstance(ops.get('kernels'), list):
+      self.kernels.update(str(k) for k in ops['kernels'])
+
   def read_metrics(self) -> None:
     for seed, tail in self.metrics.items():
       for record in tail.read():
+        if record.get('kind') == 'compile':
+          self._note_kernels(record.get('ops'))
         if record.get('kind') != 'train' or 'loss' not in record or self.loss_failure is not None:
           continue  # after a NaN or divergence, the diagnostics keep the metrics of that step
         self.last_metrics = {'seed': seed, **record}
@@ -289,12 +300,35 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
     outcome.error_log = f'{failure.message}\n--- training process output ---\n{tail}'
   else:
     failure = _check_summaries(outcome)
+  outcome.kernels = sorted(monitor.kernels)
   if failure is not None:
     if not outcome.error_log:
       outcome.error_log = f'{failure.message}\n--- training process output ---\n{tail}'
     diag['error_log'] = outcome.error_log[-DIAG_LOG_CHARS:]
+    if outcome.kernels:
+      diag['kernels'] = outcome.kernels
     failure.diagnostics = {**diag, **failure.diagnostics}
+    outcome.kernel_suspect = kernel_suspect(failure, outcome.kernels, error)
   outcome.failure = failure
+
+
+# Exceptions raised by running a compiled computation (not by tracing or compiling it).
+RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
+
+
+def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any] | None) -> bool:
+  """Whether a failure may be a Pallas kernel's rather than the design's: kernels ran, and the run failed the
+  way a faulty kernel fails it: a NaN or a divergence (wrong numbers), an error raised while running the
+  compiled step, or a crash in native code (an illegal memory access takes the process down). A failure while
+  tracing or compiling is not (compile failures already fall back in the trainer), nor OOM, policy or a timeout:
+  a hang is not told apart from a slow design, and retrying it would cost a second timeout."""
+  if not kernels:
+    return False
+  if failure.kind in (fl.NAN, fl.DIVERGENCE):
+    return True
+  if failure.kind != fl.CRASH:
+    return False
+  return error is None or error.get('exc_type') in RUNTIME_ERRORS
 
 
 def _check_summaries(outcome: RunOutcome) -> fl.Failure | None:

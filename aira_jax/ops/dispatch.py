@@ -113,14 +113,24 @@ def kernels_set_aside() -> dict[str, str]:
     return {f"{op}@{backend}": why for (op, backend), why in _set_aside.items()}
 
 
+class KernelRecord(list):
+    """The ops for which a backend kernel was chosen automatically while tracing (the list), and, in `aside`,
+    those whose kernel would have been chosen but is set aside in this process ({'op@backend': why})."""
+
+    def __init__(self):
+        super().__init__()
+        self.aside: dict[str, str] = {}
+
+
 @contextlib.contextmanager
 def record_kernels():
-    """Yields a list that collects the ops for which a backend kernel was chosen automatically ('auto') while
-    tracing inside the block: what to set aside when the traced program then fails to compile."""
+    """Yields a KernelRecord that collects the ops for which a backend kernel was chosen automatically ('auto')
+    while tracing inside the block (what to set aside when the traced program then fails to compile) and the
+    set-aside kernels that the block would otherwise have run."""
     stack = getattr(_local, "records", None)
     if stack is None:
         stack = _local.records = []
-    chosen: list[str] = []
+    chosen = KernelRecord()
     stack.append(chosen)
     try:
         yield chosen
@@ -231,6 +241,9 @@ def choose(op: str, impl: str | None, args: tuple, kwargs: dict) -> tuple[str, K
             for chosen in getattr(_local, "records", None) or ():
                 chosen.append(op)
         return "kernel", kernel
+    if aside is not None and kernel is not None and (kernel.applies is None or kernel.applies(*args, **kwargs)):
+        for record in getattr(_local, "records", None) or ():
+            record.aside[f"{op}@{backend}"] = aside
     if impl == "kernel":
         raise NotImplementedError(f"aira_jax.ops.{op}: no kernel for backend {backend!r} applies to these inputs")
     if aside is not None:

@@ -47,7 +47,10 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
         raise
       first = error
     else:
-      return step, compiled, {'kernels': sorted(set(chosen))}
+      ops: dict[str, Any] = {'kernels': sorted(set(chosen))}
+      if chosen.aside:  # set aside earlier in this process (a compile or runtime failure): these ran on XLA
+        ops['set_aside'] = dict(chosen.aside)
+      return step, compiled, ops
   kernels = sorted(set(chosen))
   why = _brief(first)
   logging.warning('Pallas kernel(s) %s failed to compile (%s); setting them aside for this process and '
@@ -163,7 +166,7 @@ def compile_checked(build: Callable[[], Any], compile_fn: Callable[[Any], Any],
                   ', '.join(kernels), result['reason'])
   aside = _set_aside(kernels, why)
   step, compiled, again = compile_step(build, compile_fn)
-  return step, compiled, {**again, 'set_aside': aside, 'check': result}
+  return step, compiled, {**again, 'set_aside': {**again.get('set_aside', {}), **aside}, 'check': result}
 
 
 def random_tokens(shape: tuple[int, int], vocab_size: int, sharding: Any = None, seed: int = 0) -> jax.Array:

@@ -52,7 +52,8 @@ class DesignRow:
     created_at: float | None
     flags: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()              # ops that ran a Pallas kernel in its training
-    kernels_set_aside: dict[str, str] = dataclasses.field(default_factory=dict)  # op@backend -> compile error
+    # op@backend -> why it was set aside: a compile error, a failed numerics check or a failure at run time
+    kernels_set_aside: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -183,6 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   num_devices = jax.device_count()
 
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=tc.tensorboard)
+  # Before the first step: what the step runs (a watcher of this file, e.g. the Engineer's parent process, then
+  # knows which Pallas kernels were in use if the run fails in a step).
+  writer.write(step, {'compile_seconds': compile_seconds, 'flops_per_step': flops_per_step, 'ops': ops_info},
+               kind='compile')
   progress_every = tc.progress_every or tc.log_every
   last_eval: dict[str, float] = {}
   t_loop = time.time()

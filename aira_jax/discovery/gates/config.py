@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+OPS_IMPLS = ('auto', 'kernel', 'xla', 'reference')  # aira_jax.ops.dispatch.IMPLS (kept JAX-free here)
 GATE_NAMES: tuple[str, ...] = ('static', 'load', 'forward', 'causality', 'batch', 'cost', 'gradients', 'budget',
                                'train')
 
@@ -57,6 +58,10 @@ class GateSettings:
   memory_limit_mb: int = 4096  # resident memory of the child; killed above it
   address_space_slack_mb: int = 8192  # RLIMIT_AS = memory limit + slack on CPU (0: no RLIMIT_AS)
   platform: str = 'cpu'  # JAX_PLATFORMS of the child
+  # aira_jax.ops path in the child ($AIRA_JAX_OPS_IMPL, when set, wins). 'xla': the design is judged with the XLA
+  # ops, so a Pallas kernel that fails on this machine cannot reject it, and the cost gate's FLOP count sees every
+  # op (XLA's cost analysis counts nothing inside a kernel's custom call). 'auto' lets the gates run the kernels.
+  ops_impl: str = 'xla'
   xla_flags: str = ''
   fast_compile: bool = True  # CPU: compile at LLVM -O0 (the check's programs are tiny; compiling dominates)
   static_check: bool = True  # turn off only to test the runtime guard behind it
@@ -88,6 +93,8 @@ class GateSettings:
       raise ValueError('check settings: budget_tolerance must be in (0, 1) and min_loss_drop in [0, 1)')
     if self.stop_after is not None and self.stop_after not in GATE_NAMES:
       raise ValueError(f"check settings: stop_after must be one of {', '.join(GATE_NAMES)}, got {self.stop_after!r}")
+    if self.ops_impl not in OPS_IMPLS:
+      raise ValueError(f"check settings: ops_impl must be one of {', '.join(OPS_IMPLS)}, got {self.ops_impl!r}")
     if not isinstance(self.mixer_kwargs, Mapping):
       raise ValueError(f'check settings: mixer_kwargs must be a mapping, got {type(self.mixer_kwargs).__name__}')
     self.mixer_kwargs = dict(self.mixer_kwargs)
