@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
       'heartbeat_s': 60.0,
       'debug_attempts': 3,
       'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
+      'first_step_timeout_s': 900.0,  # a first step that never finishes (a hang) ends the run early
       'workdir_root': 'engineer',
       'platform': '',
   })

@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
       'heartbeat_s': 20.0,
       'debug_attempts': 2,
       'kernel_retry': True,  # a run failing after Pallas kernels ran is retried with them set aside
+      'first_step_timeout_s': 900.0,  # a first step that never finishes (a hang) ends the run early
       'workdir_root': 'engineer',  # relative: under --workdir
       'platform': 'cpu',
       'poll_s': 1.0,

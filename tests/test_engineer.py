@@ -363,16 +363,41 @@ dispatch.register_kernel('delta_rule', 'cpu', _nan_delta_rule)
 '''
 
 
+# ... and one that never finishes its first step (a kernel that deadlocks on a GPU).
+_HANGING_KERNEL_SITE = '''
+import time
+import jax
+from aira_jax.ops import dispatch
+from pallas_kernels.delta_rule.xla import chunk_delta_rule
+
+
+def _hang(*_):
+  time.sleep(3600)
+
+
+def _hanging_delta_rule(q, k, v, beta, **kw):
+  jax.debug.callback(_hang, q)
+  return chunk_delta_rule(q, k, v, beta, **kw)
+
+
+dispatch.register_kernel('delta_rule', 'cpu', _hanging_delta_rule)
+'''
+
+
+def _kernel_on_child_path(tmp_path, monkeypatch, site_text):
+  site = tmp_path / 'site'
+  site.mkdir()
+  (site / 'sitecustomize.py').write_text(site_text)
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(p for p in (str(site), os.environ.get('PYTHONPATH')) if p))
+  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
+
+
 def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp_path, monkeypatch):
   """The kernel compiles, then the loss is NaN: the Engineer trains the design once more with the kernel set
   aside; that run succeeds, so the result is recorded (saying what happened) and the worker's later runs use
   the XLA ops from the start, without a failed run first."""
   from aira_jax.models import baseline_source
-  site = tmp_path / 'site'
-  site.mkdir()
-  (site / 'sitecustomize.py').write_text(_NAN_KERNEL_SITE)
-  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(p for p in (str(site), os.environ.get('PYTHONPATH')) if p))
-  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
+  _kernel_on_child_path(tmp_path, monkeypatch, _NAN_KERNEL_SITE)
   first = queue(store, 'deltanet-first', baseline_source('deltanet'))
   second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
   eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0')
@@ -395,6 +420,26 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
   assert later is not None and 'kernel_retry' not in later.meta, later.meta
   assert list(later.meta['summaries']['0']['ops']['set_aside']) == ['delta_rule@cpu']
   assert len(glob.glob(str(tmp_path / 'runs' / f'exp-{second:06d}-*' / '*' / 'child-*'))) == 1
+
+
+def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, monkeypatch):
+  """The first step never finishes: the first-step limit ends the run long before the run's own limit, and the
+  retry without the kernel trains."""
+  from aira_jax.models import baseline_source
+  _kernel_on_child_path(tmp_path, monkeypatch, _HANGING_KERNEL_SITE)
+  exp_id = queue(store, 'deltanet-hangs', baseline_source('deltanet'))
+  eng = Engineer(store, settings(tmp_path, seeds=(0,), first_step_timeout_s=3.0, timeout_s=600.0),
+                 worker_id='w0')
+  start = time.monotonic()
+  result = run_one(store, eng, exp_id)
+  assert result is not None, store.get_experiment(exp_id).reason
+  retry = result.meta['kernel_retry']
+  assert retry['verdict'] == 'kernel fault', retry
+  assert retry['failure'].startswith('timeout: timed out: the first training step did not finish within 3 s')
+  assert time.monotonic() - start < 300
+  metrics = [json.loads(x) for x in open(os.path.join(os.path.dirname(result.meta['child_dir']), 'seed-0',
+                                                       'metrics.jsonl'), encoding='utf-8')]
+  assert [m['kind'] for m in metrics[:2]] == ['compile', 'first_step'] and metrics[1]['step'] == 1
 
 
 def _outcome(kind=None, kernels=(), suspect=False, interrupted=None):
@@ -441,3 +486,5 @@ def test_kernel_suspicion_rules():
   assert not kernel_suspect(fl.Failure(fl.NAN, 'x'), [], None)  # no kernel ran
   for kind in (fl.OOM, fl.TIMEOUT, fl.POLICY, fl.CONFIG):
     assert not kernel_suspect(fl.Failure(kind, 'x'), ['delta_rule'], None)
+  hang = fl.Failure(fl.TIMEOUT, 'x', {'stage': 'first step'})  # the first step never finished
+  assert kernel_suspect(hang, ['delta_rule'], None) and not kernel_suspect(hang, [], None)

@@ -303,6 +303,7 @@ class Engineer:
                            memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb,
                            set_aside={**self._kernels_aside, **(set_aside or {})})
     limits = RunLimits(timeout_s=s.timeout_s, eval_timeout_s=s.eval_timeout_s, memory_mb=s.memory_mb,
+                       first_step_timeout_s=s.first_step_timeout_s,
                        divergence_factor=s.divergence_factor, divergence_patience=s.divergence_patience)
 
     def should_abort() -> str | None:

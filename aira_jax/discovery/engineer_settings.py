@@ -39,6 +39,7 @@ class EngineerSettings:
   harness_data_dir: str = ''  # '' = the harness default ($AIRA_HARNESS_DATA or <repo>/../shared/data/harness)
   timeout_s: float = 3600.0  # hard limit per seed run (training; the first also covers start-up and compile)
   eval_timeout_s: float = 1800.0  # hard limit per harness evaluation
+  first_step_timeout_s: float = 900.0  # the first step must finish this long after compiling (0: no limit)
   memory_mb: int = 32768  # the training process's resident memory limit (0: none)
   address_space_slack_mb: int = 8192  # CPU only: RLIMIT_AS = memory_mb + this (0: no RLIMIT_AS)
   lease_s: float = 600.0
@@ -88,6 +89,9 @@ class EngineerSettings:
     if self.heartbeat_s * 2 > self.lease_s:
       raise ValueError(f'engineer settings: heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s '
                        f'({self.lease_s}), or a slow heartbeat lets the lease run out under a live worker')
+    if isinstance(self.first_step_timeout_s, bool) or not isinstance(self.first_step_timeout_s, (int, float)) \
+        or self.first_step_timeout_s < 0:
+      raise ValueError(f'engineer settings: first_step_timeout_s must be >= 0, got {self.first_step_timeout_s!r}')
     for name in ('memory_mb', 'address_space_slack_mb', 'debug_attempts'):
       if int(getattr(self, name)) < 0:
         raise ValueError(f'engineer settings: {name} must be >= 0, got {getattr(self, name)!r}')

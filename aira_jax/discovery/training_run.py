@@ -61,6 +61,7 @@ class RunLimits:
   memory_mb: int  # 0: no limit
   divergence_factor: float = 3.0
   divergence_patience: int = 2
+  first_step_timeout_s: float = 0.0  # the first step must finish this long after its compile record (0: off)
 
 
 @dataclasses.dataclass
@@ -152,12 +153,15 @@ class _Monitor:
     self.last_metrics: dict[str, Any] | None = None
     self.loss_failure: fl.Failure | None = None
     self.kernels: set[str] = set()  # from the trainer's 'compile' records and the seeds' summaries
+    self.compiled_at: float | None = None  # when the current seed's compile record arrived
+    self.first_step_done = False
 
   def on_event(self, event: dict[str, Any]) -> None:
     kind, seed = event.get('event'), event.get('seed')
     if kind == 'seed_start':
       self.read_metrics()  # the previous seed's last lines
       self.seed, self.phase, self.phase_start = int(seed), 'train', time.monotonic()
+      self.compiled_at, self.first_step_done = None, False
       path = os.path.join(self.request.run_dirs[int(seed)], 'metrics.jsonl')
       self.metrics[int(seed)] = JsonlTail(path)
       self.watch[int(seed)] = fl.LossWatch(self.limits.divergence_factor, self.limits.divergence_patience)
@@ -183,6 +187,9 @@ class _Monitor:
       for record in tail.read():
         if record.get('kind') == 'compile':
           self._note_kernels(record.get('ops'))
+          self.compiled_at, self.first_step_done = time.monotonic(), False
+        elif record.get('kind') == 'first_step':
+          self.first_step_done = True
         if record.get('kind') != 'train' or 'loss' not in record or self.loss_failure is not None:
           continue  # after a NaN or divergence, the diagnostics keep the metrics of that step
         self.last_metrics = {'seed': seed, **record}
@@ -198,6 +205,10 @@ class _Monitor:
           self.loss_failure = failure
 
   def deadline_passed(self, now: float) -> tuple[str, float] | None:
+    first = self.limits.first_step_timeout_s
+    if (self.phase == 'train' and first > 0 and self.compiled_at is not None and not self.first_step_done
+        and now - self.compiled_at > first):
+      return FIRST_STEP, first
     limit = self.limits.eval_timeout_s if self.phase == 'eval' else self.limits.timeout_s
     if limit > 0 and now - self.phase_start > limit:
       return self.phase, limit
@@ -273,6 +284,10 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
     failure = fl.Failure(fl.OOM, f'out of memory: the training process used {killed[1]:.0f} MB, over the '
                          f'limit of {limits.memory_mb} MB ({where}); avoid materialising huge tensors such as '
                          f'[T, T] per head or a state per time step', {})
+  elif killed and killed[0] == 'timeout' and killed[1][0] == FIRST_STEP:
+    failure = fl.Failure(fl.TIMEOUT, f'timed out: the first training step did not finish within {killed[1][1]:.0f} '
+                         f's of compiling ({where}): a step that hangs, or a design far too slow for any budget',
+                         {'stage': FIRST_STEP})
   elif killed and killed[0] == 'timeout':
     phase, limit = killed[1]
     failure = fl.Failure(fl.TIMEOUT, f'timed out: the {phase} phase ran longer than {limit:.0f} s ({where}); look '
@@ -312,6 +327,7 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
   outcome.failure = failure
 
 
+FIRST_STEP = 'first step'
 # Exceptions raised by running a compiled computation (not by tracing or compiling it).
 RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
 
@@ -319,13 +335,15 @@ RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
 def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any] | None) -> bool:
   """Whether a failure may be a Pallas kernel's rather than the design's: kernels ran, and the run failed the
   way a faulty kernel fails it: a NaN or a divergence (wrong numbers), an error raised while running the
-  compiled step, or a crash in native code (an illegal memory access takes the process down). A failure while
-  tracing or compiling is not (compile failures already fall back in the trainer), nor OOM, policy or a timeout:
-  a hang is not told apart from a slow design, and retrying it would cost a second timeout."""
+  compiled step, a crash in native code (an illegal memory access takes the process down), or a first step that
+  never finished (a hang). A failure while tracing or compiling is not (compile failures already fall back in the
+  trainer), nor OOM, policy or a timeout later in the run, which a slow design explains as well."""
   if not kernels:
     return False
   if failure.kind in (fl.NAN, fl.DIVERGENCE):
     return True
+  if failure.kind == fl.TIMEOUT:  # only a first step that never finished: a kernel that hangs
+    return failure.diagnostics.get('stage') == FIRST_STEP
   if failure.kind != fl.CRASH:
     return False
   return error is None or error.get('exc_type') in RUNTIME_ERRORS

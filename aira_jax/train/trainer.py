@@ -226,6 +226,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
         break
       state, step_metrics = compiled(state, batch, lrs(step))
       step += 1
+      if step == start_step + 1:  # the first step has run: a watcher can tell a hung step from a slow run
+        jax.block_until_ready(step_metrics)
+        writer.write(step, {'seconds_after_compile': time.time() - t_loop}, kind='first_step')
 
       if seconds_only:  # time the steps, then (re)fit the schedule length to the seconds left
         if timed_from is None:
