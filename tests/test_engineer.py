@@ -455,7 +455,8 @@ def _outcome(kind=None, kernels=(), suspect=False, interrupted=None):
 @pytest.mark.parametrize('retry_setting', [True, False])
 def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatch, retry_setting):
   """Kernels ran and the loss went NaN, and it does so again with them set aside: the NaN is the design's. It is
-  recorded with the retry in its diagnostics and the kernels stay in use. kernel_retry=False skips the retry."""
+  recorded with the retry in its diagnostics and the kernels stay in use; a kernel cleared twice is trusted.
+  kernel_retry=False skips the retry."""
   exp_id = queue(store, 'nan-design', h.GOOD)
   eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0')
   calls = []
@@ -473,6 +474,12 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
     return
   assert [c[1] for c in calls] == [None, 'kernels-set-aside'] and list(calls[1][0]) == ['delta_rule']
   assert failure.diagnostics['kernel_retry']['verdict'] == 'design fault'
+  # Cleared twice, the kernel is trusted: the third design that fails with it is not trained again.
+  for i in range(2):
+    calls.clear()
+    run_one(store, eng, queue(store, f'nan-design-{i}', h.GOOD + f'\n# {i}\n'))
+    assert len(calls) == (2 if i == 0 else 1), (i, calls)
+  assert eng._kernels_cleared == {'delta_rule': 2}
 
 
 def test_kernel_suspicion_rules():

@@ -56,6 +56,11 @@ class DebugRequest:
 Debugger = Callable[[DebugRequest], 'str | None']
 
 
+# A kernel that the retry has cleared this many times (the run failed the same way without it) is trusted: later
+# failures with it are not retried in this worker, so designs that diverge on their own do not train twice.
+KERNEL_TRUST_AFTER = 2
+
+
 class _Heartbeat:
   """Renews the claim's lease every `every_s` in a background thread; `lost` says why it stopped being ours."""
 
@@ -106,6 +111,7 @@ class Engineer:
     self._tries = 0
     self._last_result: Result | None = None
     self._kernels_aside: dict[str, str] = {}  # op -> why: kernels blamed for a runtime failure in this worker
+    self._kernels_cleared: dict[str, int] = {}  # op -> retries that failed the same way without the kernel
     if not self.settings.eval_tasks and not self.settings.held_out_tasks:
       logging.info('Engineer %s: no harness tasks configured; benchmark scores are skipped', worker_id)
 
@@ -180,7 +186,8 @@ class Engineer:
     source, history, calls, kernel_retry = design.source, [], 0, None
     while True:
       outcome = self._train(claim, exp, design, source, heartbeat)
-      if kernel_retry is None and s.kernel_retry and outcome.kernel_suspect and not outcome.interrupted:
+      if kernel_retry is None and s.kernel_retry and outcome.kernel_suspect and not outcome.interrupted and \
+          any(self._kernels_cleared.get(op, 0) < KERNEL_TRUST_AFTER for op in outcome.kernels):
         outcome, kernel_retry = self._train_without_kernels(claim, exp, design, source, outcome, heartbeat)
       if outcome.interrupted:
         raise _Abandon(outcome.interrupted)
@@ -276,6 +283,11 @@ class Engineer:
       retry.failure.diagnostics['kernel_retry'] = note
       logging.info('Engineer %s: experiment %d fails with the XLA ops too (%s): not the kernels\' fault',
                    self.worker_id, exp.id, retry.failure.kind)
+      for op in failed.kernels:
+        self._kernels_cleared[op] = self._kernels_cleared.get(op, 0) + 1
+        if self._kernels_cleared[op] == KERNEL_TRUST_AFTER:
+          logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried in this '
+                       'worker', self.worker_id, op, KERNEL_TRUST_AFTER)
     return retry, note
 
   def _train(self, claim: Claim, exp: Experiment, design: Design, source: str, heartbeat: _Heartbeat, *,
