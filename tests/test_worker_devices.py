@@ -65,3 +65,24 @@ def test_the_pool_starts_each_worker_on_its_share(monkeypatch, tmp_path):
     time.sleep(0.1)
   logs = {w: (tmp_path / f'{w}.log').read_text().strip() for w in ('worker-0', 'worker-1')}
   assert logs == {'worker-0': '0,1 None sqlite:///x.sqlite', 'worker-1': '2,3 None sqlite:///x.sqlite'}
+
+
+def test_a_gate_child_on_a_gpu_takes_one_gpu_and_reserves_no_memory(monkeypatch, tmp_path):
+  """Gates run beside the training workers on the same GPUs: one device (the last, idle when the workers leave a
+  remainder) and memory on demand, not 75% of it at start. On the CPU nothing of the kind is set."""
+  from aira_jax.discovery import sandbox
+  from aira_jax.discovery.gates.config import GateSettings
+  for name in ('CUDA_VISIBLE_DEVICES', devices.SPLIT_ENV, *devices.MEMORY_ENV):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3,5,7')
+  env = sandbox.child_env(str(tmp_path), GateSettings(platform=''))
+  assert env['CUDA_VISIBLE_DEVICES'] == '7' and env['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'
+  cpu = sandbox.child_env(str(tmp_path), GateSettings())
+  assert 'CUDA_VISIBLE_DEVICES' not in cpu and 'XLA_PYTHON_CLIENT_PREALLOCATE' not in cpu
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.2')  # the caller's own memory settings are kept
+  env = sandbox.child_env(str(tmp_path), GateSettings(platform='cuda'))
+  assert env['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.2' and 'XLA_PYTHON_CLIENT_PREALLOCATE' not in env
+  monkeypatch.setenv(devices.SPLIT_ENV, '0')  # no planning: the caller's devices as they are
+  assert sandbox.child_env(str(tmp_path), GateSettings(platform=''))['CUDA_VISIBLE_DEVICES'] == '3,5,7'
+  assert sandbox.gate_device_env({'CUDA_VISIBLE_DEVICES': ''}) == {'CUDA_VISIBLE_DEVICES': '',
+                                                                  'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'}

@@ -7,6 +7,7 @@ CUDA_VISIBLE_DEVICES (its training children inherit it). With more workers than 
 round-robin and each reserves only its part of that GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION, unless you set
 memory variables yourself). GPUs are counted without starting CUDA: CUDA_VISIBLE_DEVICES when set, else the
 /dev/nvidiaN device files. AIRA_SPLIT_GPUS=0 turns the plan off (every worker sees what the loop sees).
+The Checker's gate children on a GPU get one GPU and no preallocation (sandbox.gate_device_env).
 """
 from __future__ import annotations
 
@@ -38,9 +39,14 @@ def visible_gpus(environ: Mapping[str, str] = os.environ, dev_dir: str = '/dev')
   return sorted((n[len('nvidia'):] for n in names if re.fullmatch(r'nvidia\d+', n)), key=int)
 
 
+def split_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether GPUs are planned per process (AIRA_SPLIT_GPUS unset or not 0/false/no)."""
+  return environ.get(SPLIT_ENV, '1').strip().lower() not in ('0', 'false', 'no')
+
+
 def worker_env(index: int, count: int, gpus: list[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
   """Variables to add to worker `index` of `count` so it trains on its own share of `gpus` ({} = no change)."""
-  if count <= 1 or not gpus or environ.get(SPLIT_ENV, '1').strip() in ('0', 'false', 'no'):
+  if count <= 1 or not gpus or not split_enabled(environ):
     return {}
   if not 0 <= index < count:
     raise ValueError(f'worker index {index} outside 0..{count - 1}')

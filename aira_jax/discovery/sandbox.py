@@ -6,7 +6,8 @@ The parent (this module, no JAX imported) runs gate 1 (static policy, pure ast) 
 `python -m aira_jax.discovery.sandbox <dir>` with:
   * a scrubbed environment: PATH, PYTHONPATH (this checkout, then the caller's entries), HOME and TMPDIR set to a
     fresh temp dir, JAX_PLATFORMS, XLA_FLAGS, AIRA_JAX_OPS_IMPL (the caller's, else the settings' ops_impl:
-    'xla' by default, so the gates judge the design, not a Pallas kernel), LANG; no API keys, tokens or proxies;
+    'xla' by default, so the gates judge the design, not a Pallas kernel), LANG; on a GPU one device and no
+    memory preallocation (`gate_device_env`); no API keys, tokens or proxies;
   * a wall-clock limit for the whole check and one for each gate; the child is killed (its process group) when
     either passes;
   * a memory limit: the parent reads the child's resident set size from /proc/<pid>/status every 50 ms and kills
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aira_jax.discovery import childproc
+from aira_jax.discovery import childproc, devices
 from aira_jax.discovery.gates.config import GATE_NAMES, GateSettings, settings_from_config
 from aira_jax.discovery.gates.verdict import GateVerdict, Verdict
 from aira_jax.discovery.policy import check_source, policy_reason
@@ -39,7 +40,7 @@ POLL_S = 0.05
 STDERR_TAIL = 3000
 FILE_SIZE_LIMIT = 256 << 20
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PASSED_ENV = ('AIRA_JAX_OPS_IMPL', 'AIRA_JAX_OPS_TARGET', 'CUDA_VISIBLE_DEVICES', 'LD_LIBRARY_PATH')
+PASSED_ENV = ('AIRA_JAX_OPS_IMPL', 'AIRA_JAX_OPS_TARGET', 'LD_LIBRARY_PATH')
 
 Event = dict[str, Any]
 
@@ -66,6 +67,25 @@ def child_env(workdir: str, settings: GateSettings) -> dict[str, str]:
     if name in os.environ and (name == 'AIRA_JAX_OPS_IMPL' or settings.platform != 'cpu'):
       env[name] = os.environ[name]
   env['AIRA_JAX_OPS_IMPL'] = gate_ops_impl(settings)
+  if settings.platform != 'cpu':
+    env.update(gate_device_env())
+  return env
+
+
+def gate_device_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """Where a gate child on an accelerator runs. Gates need one device and little memory, and with --workers=N
+  they run beside training children on the same GPUs: the child sees one GPU (the last visible one, idle when
+  the workers leave a remainder) and allocates on demand instead of reserving 75% of its memory at start, which
+  would fail, or starve the next training child there. Memory variables the caller set are passed instead;
+  AIRA_SPLIT_GPUS=0 passes the caller's CUDA_VISIBLE_DEVICES unchanged."""
+  env: dict[str, str] = {}
+  gpus = devices.visible_gpus(environ)
+  if gpus and devices.split_enabled(environ):
+    env['CUDA_VISIBLE_DEVICES'] = gpus[-1]
+  elif 'CUDA_VISIBLE_DEVICES' in environ:
+    env['CUDA_VISIBLE_DEVICES'] = environ['CUDA_VISIBLE_DEVICES']
+  memory = {name: environ[name] for name in devices.MEMORY_ENV if name in environ}
+  env.update(memory or {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})
   return env
 
 
