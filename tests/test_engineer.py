@@ -16,6 +16,7 @@ from aira_jax.discovery import failures as fl
 from aira_jax.discovery.engineer import DebugRequest, Engineer, EngineerSettings, settings_from_config
 from aira_jax.discovery.engineer_result import benchmark_scores, mean_curve
 from aira_jax.discovery.engineer_settings import ConfigOverrideError, apply_overrides, experiment_train_config
+from aira_jax.discovery.kernel_faults import PROCESS_VERDICTS, KernelVerdicts, kernel_suspect
 from aira_jax.discovery.program_versions import program_history, record_program_version
 from aira_jax.discovery.queue import ClaimLostError
 from aira_jax.discovery.records import Design, Status, program_hash
@@ -400,7 +401,8 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
   _kernel_on_child_path(tmp_path, monkeypatch, _NAN_KERNEL_SITE)
   first = queue(store, 'deltanet-first', baseline_source('deltanet'))
   second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
-  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0')
+  verdicts = KernelVerdicts()  # this test's own, not the process's
+  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0', kernel_verdicts=verdicts)
 
   result = run_one(store, eng, first)
   assert result is not None, store.get_experiment(first).reason
@@ -416,7 +418,9 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
   assert ops['set_aside']['delta_rule@cpu'].startswith(f'runtime failure in experiment {first} (nan: ')
   assert math.isfinite(result.val_loss) and result.loss_curve[-1][1] < result.loss_curve[0][1]
 
-  later = run_one(store, eng, second)
+  # The loop makes a new Engineer per iteration: what the first one learned reaches the next through the verdicts.
+  assert list(verdicts.set_aside()) == ['delta_rule']
+  later = run_one(store, Engineer(store, eng.settings, worker_id='w0', kernel_verdicts=verdicts), second)
   assert later is not None and 'kernel_retry' not in later.meta, later.meta
   assert list(later.meta['summaries']['0']['ops']['set_aside']) == ['delta_rule@cpu']
   assert len(glob.glob(str(tmp_path / 'runs' / f'exp-{second:06d}-*' / '*' / 'child-*'))) == 1
@@ -429,7 +433,7 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
   _kernel_on_child_path(tmp_path, monkeypatch, _HANGING_KERNEL_SITE)
   exp_id = queue(store, 'deltanet-hangs', baseline_source('deltanet'))
   eng = Engineer(store, settings(tmp_path, seeds=(0,), first_step_timeout_s=3.0, timeout_s=600.0),
-                 worker_id='w0')
+                 worker_id='w0', kernel_verdicts=KernelVerdicts())
   start = time.monotonic()
   result = run_one(store, eng, exp_id)
   assert result is not None, store.get_experiment(exp_id).reason
@@ -458,7 +462,8 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
   recorded with the retry in its diagnostics and the kernels stay in use; a kernel cleared twice is trusted.
   kernel_retry=False skips the retry."""
   exp_id = queue(store, 'nan-design', h.GOOD)
-  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0')
+  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0',
+                 kernel_verdicts=KernelVerdicts())
   calls = []
 
   def fake_train(claim, exp, design, source, heartbeat, *, set_aside=None, subdir=None):
@@ -468,7 +473,7 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
   monkeypatch.setattr(eng, '_train', fake_train)
   assert run_one(store, eng, exp_id) is None
   failure = failure_of(store, exp_id)
-  assert failure.kind == fl.NAN and eng._kernels_aside == {}
+  assert failure.kind == fl.NAN and eng.kernel_verdicts.set_aside() == {}
   if not retry_setting:
     assert calls == [(None, None)] and 'kernel_retry' not in failure.diagnostics
     return
@@ -479,11 +484,10 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
     calls.clear()
     run_one(store, eng, queue(store, f'nan-design-{i}', h.GOOD + f'\n# {i}\n'))
     assert len(calls) == (2 if i == 0 else 1), (i, calls)
-  assert eng._kernels_cleared == {'delta_rule': 2}
+  assert eng.kernel_verdicts.cleared() == {'delta_rule': 2}
 
 
 def test_kernel_suspicion_rules():
-  from aira_jax.discovery.training_run import kernel_suspect
   crash = fl.Failure(fl.CRASH, 'x')
   assert kernel_suspect(fl.Failure(fl.NAN, 'x'), ['delta_rule'], None)
   assert kernel_suspect(fl.Failure(fl.DIVERGENCE, 'x'), ['simple_gla'], None)
@@ -495,3 +499,14 @@ def test_kernel_suspicion_rules():
     assert not kernel_suspect(fl.Failure(kind, 'x'), ['delta_rule'], None)
   hang = fl.Failure(fl.TIMEOUT, 'x', {'stage': 'first step'})  # the first step never finished
   assert kernel_suspect(hang, ['delta_rule'], None) and not kernel_suspect(hang, [], None)
+
+
+def test_engineers_of_a_process_share_their_kernel_verdicts(store, tmp_path):
+  a = Engineer(store, settings(tmp_path), worker_id='a')
+  b = Engineer(store, settings(tmp_path), worker_id='b')
+  assert a.kernel_verdicts is b.kernel_verdicts is PROCESS_VERDICTS
+  assert PROCESS_VERDICTS.set_aside() == {}  # the tests with misbehaving kernels kept their verdicts to themselves
+  verdicts = KernelVerdicts()
+  assert verdicts.worth_retrying(['delta_rule']) and verdicts.clear(['delta_rule']) == []
+  assert verdicts.clear(['delta_rule', 'simple_gla']) == ['delta_rule']
+  assert not verdicts.worth_retrying(['delta_rule']) and verdicts.worth_retrying(['delta_rule', 'simple_gla'])

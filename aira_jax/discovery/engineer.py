@@ -31,6 +31,7 @@ from aira_jax.discovery import failures as fl
 from aira_jax.discovery.engineer_result import build_result
 from aira_jax.discovery.engineer_settings import (ConfigOverrideError, EngineerSettings, experiment_train_config,
                                                   settings_from_config)
+from aira_jax.discovery.kernel_faults import PROCESS_VERDICTS, TRUST_AFTER, KernelVerdicts
 from aira_jax.discovery.program_versions import record_program_version
 from aira_jax.discovery.queue import ClaimHeldError, ClaimLostError
 from aira_jax.discovery.records import Claim, Design, DesignKind, Experiment, Result, Status, program_hash
@@ -54,11 +55,6 @@ class DebugRequest:
 
 
 Debugger = Callable[[DebugRequest], 'str | None']
-
-
-# A kernel that the retry has cleared this many times (the run failed the same way without it) is trusted: later
-# failures with it are not retried in this worker, so designs that diverge on their own do not train twice.
-KERNEL_TRUST_AFTER = 2
 
 
 class _Heartbeat:
@@ -102,7 +98,7 @@ class Engineer:
   """Claims experiments from the store and trains, evaluates and records them."""
 
   def __init__(self, store: ExperimentStore, settings: EngineerSettings | None = None, *, worker_id: str,
-               debugger: Debugger | None = None):
+               debugger: Debugger | None = None, kernel_verdicts: KernelVerdicts | None = None):
     if not worker_id:
       raise ValueError('worker_id must not be empty')
     self.store, self.worker_id, self.debugger = store, worker_id, debugger
@@ -110,8 +106,8 @@ class Engineer:
     self._stop = threading.Event()
     self._tries = 0
     self._last_result: Result | None = None
-    self._kernels_aside: dict[str, str] = {}  # op -> why: kernels blamed for a runtime failure in this worker
-    self._kernels_cleared: dict[str, int] = {}  # op -> retries that failed the same way without the kernel
+    # What this process has learned about kernels failing at run time (shared by its Engineers; kernel_faults).
+    self.kernel_verdicts = PROCESS_VERDICTS if kernel_verdicts is None else kernel_verdicts
     if not self.settings.eval_tasks and not self.settings.held_out_tasks:
       logging.info('Engineer %s: no harness tasks configured; benchmark scores are skipped', worker_id)
 
@@ -187,7 +183,7 @@ class Engineer:
     while True:
       outcome = self._train(claim, exp, design, source, heartbeat)
       if kernel_retry is None and s.kernel_retry and outcome.kernel_suspect and not outcome.interrupted and \
-          any(self._kernels_cleared.get(op, 0) < KERNEL_TRUST_AFTER for op in outcome.kernels):
+          self.kernel_verdicts.worth_retrying(outcome.kernels):
         outcome, kernel_retry = self._train_without_kernels(claim, exp, design, source, outcome, heartbeat)
       if outcome.interrupted:
         raise _Abandon(outcome.interrupted)
@@ -260,10 +256,11 @@ class Engineer:
 
   def _train_without_kernels(self, claim: Claim, exp: Experiment, design: Design, source: str, failed: RunOutcome,
                              heartbeat: _Heartbeat) -> tuple[RunOutcome, dict]:
-    """A run failed after Pallas kernels ran, the way a faulty kernel fails it (training_run.kernel_suspect):
+    """A run failed after Pallas kernels ran, the way a faulty kernel fails it (kernel_faults.kernel_suspect):
     trains the same program again, from scratch, with those kernels set aside. If that run succeeds the kernels
-    were at fault: they stay set aside for this worker's later runs. If it fails too, the failure is the
-    design's and its own (XLA) failure is the one recorded and debugged. Returns (outcome, what happened)."""
+    were at fault: they stay set aside for this process's later runs (kernel_verdicts). If it fails too, the
+    failure is the design's and its own (XLA) failure is the one recorded and debugged, and the kernels count
+    one clearance. Returns (outcome, what happened)."""
     first = failed.failure
     why = f'runtime failure in experiment {exp.id} ({first.kind}: {first.message[:200]})'
     aside = {op: why for op in failed.kernels}
@@ -275,19 +272,17 @@ class Engineer:
             'child_dir': failed.child_dir}
     if retry.ok:
       note['verdict'] = 'kernel fault'
-      self._kernels_aside.update(aside)
+      self.kernel_verdicts.blame(aside)
       logging.warning('Engineer %s: experiment %d trained with the XLA ops: the Pallas kernel(s) %s are set aside '
-                      'for the rest of this worker\'s runs', self.worker_id, exp.id, ', '.join(failed.kernels))
+                      'for the rest of this process\'s runs', self.worker_id, exp.id, ', '.join(failed.kernels))
     elif retry.failure is not None:
       note['verdict'] = 'design fault'
       retry.failure.diagnostics['kernel_retry'] = note
       logging.info('Engineer %s: experiment %d fails with the XLA ops too (%s): not the kernels\' fault',
                    self.worker_id, exp.id, retry.failure.kind)
-      for op in failed.kernels:
-        self._kernels_cleared[op] = self._kernels_cleared.get(op, 0) + 1
-        if self._kernels_cleared[op] == KERNEL_TRUST_AFTER:
-          logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried in this '
-                       'worker', self.worker_id, op, KERNEL_TRUST_AFTER)
+      for op in self.kernel_verdicts.clear(failed.kernels):
+        logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried in this '
+                     'process', self.worker_id, op, TRUST_AFTER)
     return retry, note
 
   def _train(self, claim: Claim, exp: Experiment, design: Design, source: str, heartbeat: _Heartbeat, *,
@@ -313,7 +308,7 @@ class Engineer:
                            run_dirs={seed: str(prog_dir / f'seed-{seed}') for seed in s.seeds},
                            eval=evaluation, runtime_guard=s.runtime_guard, platform=platform,
                            memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb,
-                           set_aside={**self._kernels_aside, **(set_aside or {})})
+                           set_aside={**self.kernel_verdicts.set_aside(), **(set_aside or {})})
     limits = RunLimits(timeout_s=s.timeout_s, eval_timeout_s=s.eval_timeout_s, memory_mb=s.memory_mb,
                        first_step_timeout_s=s.first_step_timeout_s,
                        divergence_factor=s.divergence_factor, divergence_patience=s.divergence_patience)

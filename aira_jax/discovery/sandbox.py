@@ -94,7 +94,6 @@ def gate_ops_impl(settings: GateSettings) -> str:
   return os.environ.get('AIRA_JAX_OPS_IMPL', '').strip().lower() or settings.ops_impl
 
 
-
 def _static_verdict(source: str, settings: GateSettings) -> GateVerdict:
   start = time.monotonic()
   if not settings.static_check:

@@ -22,6 +22,7 @@ from absl import logging
 from aira_jax.discovery import childproc
 from aira_jax.discovery import failures as fl
 from aira_jax.discovery.childproc import JsonlTail, file_tail, rss_mb
+from aira_jax.discovery.kernel_faults import FIRST_STEP, kernel_suspect
 
 POLL_S = 0.1
 LOG_TAIL_CHARS = 12_000  # stderr kept in the error log handed to the Debugger
@@ -325,28 +326,6 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
     failure.diagnostics = {**diag, **failure.diagnostics}
     outcome.kernel_suspect = kernel_suspect(failure, outcome.kernels, error)
   outcome.failure = failure
-
-
-FIRST_STEP = 'first step'
-# Exceptions raised by running a compiled computation (not by tracing or compiling it).
-RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
-
-
-def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any] | None) -> bool:
-  """Whether a failure may be a Pallas kernel's rather than the design's: kernels ran, and the run failed the
-  way a faulty kernel fails it: a NaN or a divergence (wrong numbers), an error raised while running the
-  compiled step, a crash in native code (an illegal memory access takes the process down), or a first step that
-  never finished (a hang). A failure while tracing or compiling is not (compile failures already fall back in the
-  trainer), nor OOM, policy or a timeout later in the run, which a slow design explains as well."""
-  if not kernels:
-    return False
-  if failure.kind in (fl.NAN, fl.DIVERGENCE):
-    return True
-  if failure.kind == fl.TIMEOUT:  # only a first step that never finished: a kernel that hangs
-    return failure.diagnostics.get('stage') == FIRST_STEP
-  if failure.kind != fl.CRASH:
-    return False
-  return error is None or error.get('exc_type') in RUNTIME_ERRORS
 
 
 def _check_summaries(outcome: RunOutcome) -> fl.Failure | None:
