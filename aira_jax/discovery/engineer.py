@@ -268,6 +268,8 @@ class Engineer:
                     'again with the XLA ops to tell a kernel fault from the design\'s', self.worker_id, exp.id,
                     design.name, ', '.join(failed.kernels), first.kind)
     retry = self._train(claim, exp, design, source, heartbeat, set_aside=aside, subdir='kernels-set-aside')
+    if not self.settings.keep_checkpoints:
+      self._drop_checkpoints(failed)  # the failed run's logs and metrics stay as evidence
     note = {'kernels': failed.kernels, 'failure': f'{first.kind}: {first.message[:300]}',
             'child_dir': failed.child_dir}
     if retry.ok:
@@ -341,12 +343,15 @@ class Engineer:
     self._last_result = self.store.add_result(exp.id, result, claim=claim)
     self._release(claim)  # trained is not terminal: free the experiment for the next stage (analysis) at once
     if not self.settings.keep_checkpoints:
-      for seed in self.settings.seeds:
-        shutil.rmtree(os.path.join(os.path.dirname(outcome.child_dir), f'seed-{seed}', 'checkpoints'),
-                      ignore_errors=True)
+      self._drop_checkpoints(outcome)
     logging.info('Engineer %s: experiment %d (%s) trained: val_loss %s, %.1f s', self.worker_id, exp.id,
                  design.name, result.val_loss, result.wall_time_s or 0.0)
     return Status.TRAINED
+
+  def _drop_checkpoints(self, outcome: RunOutcome) -> None:
+    for seed in self.settings.seeds:
+      shutil.rmtree(os.path.join(os.path.dirname(outcome.child_dir), f'seed-{seed}', 'checkpoints'),
+                    ignore_errors=True)
 
   def _fail(self, claim: Claim, exp: Experiment, failure: fl.Failure) -> Status:
     failure.diagnostics.setdefault('worker', self.worker_id)
