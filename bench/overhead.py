@@ -175,7 +175,8 @@ def breakdown(result, args: argparse.Namespace) -> dict:
           'overhead_wo_gates_s': overhead, 'engineer_wall_s': result.wall_time_s,
           'params': result.num_params, 'tokens_per_s': result.throughput,
           'scores': result.benchmark_scores, 'skipped': meta.get('eval_skipped', {}),
-          'device': summary.get('device_kind'), 'val_loss': result.val_loss, 'ops': summary.get('ops')}
+          'device': summary.get('device_kind'), 'val_loss': result.val_loss, 'ops': summary.get('ops'),
+          'kernel_retry': meta.get('kernel_retry')}
 
 
 def _ops_text(ops) -> str:
@@ -183,8 +184,17 @@ def _ops_text(ops) -> str:
     return 'not recorded'
   text = f"Pallas kernels for {', '.join(ops['kernels'])}" if ops.get('kernels') else 'XLA ops only'
   for name, why in (ops.get('set_aside') or {}).items():
-    text += f"; {name} SET ASIDE (failed to compile: {why[:200]})"
+    text += f"; {name} SET ASIDE ({why[:200]})"
   return text
+
+
+def _retry_text(retry) -> str:
+  """The Engineer's kernel retry, when the first run failed with kernels in use (its time is in the wall time)."""
+  if not isinstance(retry, dict):
+    return ''
+  return (f"KERNEL RETRY: the first run failed with the Pallas kernel(s) {', '.join(retry.get('kernels') or [])} in "
+          f"use ({str(retry.get('failure', ''))[:200]}) and was trained again without them: "
+          f"{retry.get('verdict', '?')}; the Engineer's wall time below includes the failed run.")
 
 
 def report(row: dict, args: argparse.Namespace) -> str:
@@ -208,6 +218,7 @@ def report(row: dict, args: argparse.Namespace) -> str:
       f"T={args.seq_len} (grad_accum {args.grad_accum}); harness: {args.tasks} at limit {args.eval_limit}.",
       f'{how}.',
       f"Ops: {_ops_text(row.get('ops'))}.",
+      *([_retry_text(row['kernel_retry'])] if row.get('kernel_retry') else []),
       '',
       '| part | seconds | share of the full training run |',
       '|---|---|---|']
