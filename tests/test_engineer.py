@@ -301,7 +301,8 @@ def test_settings_from_config_and_validation(tmp_path):
     settings_from_config(cfg)
   for bad, match in (({'heartbeat_s': 400.0}, 'heartbeat_s'), ({'seeds': ()}, 'seeds'),
                      ({'eval_tasks': ('piqa',), 'held_out_tasks': ('piqa',)}, 'both'),
-                     ({'timeout_s': 0}, 'timeout_s')):
+                     ({'timeout_s': 0}, 'timeout_s'), ({'first_step_timeout_s': -1.0}, 'first_step_timeout_s'),
+                     ({'first_step_timeout_s': 'soon'}, 'first_step_timeout_s')):
     with pytest.raises(ValueError, match=match):
       EngineerSettings(train=h.tiny_train_config(), **bad).validate()
 
