@@ -48,6 +48,12 @@ def test_usage_errors(tmp_path, capsys):
     assert discover.main(["discover", *TINY, f"--workdir={tmp_path}", "--config.loop.max_iterations=-3"]) == \
         discover.EXIT_USAGE
     assert "loop.max_iterations" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"  # settings are checked before the store is opened: nothing is left behind
+    for flag, named in (("--config.engineer.first_step_timeout_s=-1", "first_step_timeout_s"),
+                        ("--config.check.ops_impl=pallas", "ops_impl")):
+        assert discover.main(["discover", *TINY, f"--workdir={fresh}", flag]) == discover.EXIT_USAGE
+        assert named in capsys.readouterr().err
+        assert not (fresh / "store.sqlite").exists() and not (fresh / "run.json").exists()
     f = tmp_path / "file"
     f.write_text("x")
     assert discover.main(["discover", *TINY, f"--workdir={f}"]) == discover.EXIT_USAGE

@@ -108,14 +108,15 @@ class DiscoveryLoop:
         self.seed_name = _seed_of(self.s)
         self.fitness_cfg = fitness_config(cfg)
         self.pool_cfg = pool_config(cfg, seed_name=self.seed_name, scale=self.s.scale)
+        # Every section is validated before the store is opened: a bad flag leaves no store or run.json behind.
+        self.gate_settings = gate_settings_from_config(cfg.get("check"))
+        self.engineer_settings = self._engineer_settings()
         self.store = store or ExperimentStore(os.path.join(self.workdir, STORE_FILE))
         write_run_info(self.workdir, self.run_info())  # what the report needs to read the store as this loop does
         self.client = client or make_llm_client(cfg, self.workdir)
         self.progress = progress or Progress()
         self.stop = stop or StopControl(self.progress.event)
         self.prior_cost = logged_cost(self.client.config.log_path) if client is None else 0.0
-        self.gate_settings = gate_settings_from_config(cfg.get("check"))
-        self.engineer_settings = self._engineer_settings()
         cog = cfg.get("cognition") or {}
         self.cognition = CognitionBase.starter() if cog.get("starter", True) else CognitionBase()
         for path in cog.get("paths", ()) or ():
