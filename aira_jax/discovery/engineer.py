@@ -310,7 +310,7 @@ class Engineer:
                            run_dirs={seed: str(prog_dir / f'seed-{seed}') for seed in s.seeds},
                            eval=evaluation, runtime_guard=s.runtime_guard, platform=platform,
                            memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb,
-                           set_aside={**self.kernel_verdicts.set_aside(), **(set_aside or {})})
+                           set_aside={**self.kernel_verdicts.blamed(), **(set_aside or {})})
     limits = RunLimits(timeout_s=s.timeout_s, eval_timeout_s=s.eval_timeout_s, memory_mb=s.memory_mb,
                        first_step_timeout_s=s.first_step_timeout_s,
                        divergence_factor=s.divergence_factor, divergence_patience=s.divergence_patience)

@@ -52,7 +52,8 @@ class KernelVerdicts:
     self._aside: dict[str, str] = {}
     self._cleared: dict[str, int] = {}
 
-  def set_aside(self) -> dict[str, str]:
+  def blamed(self) -> dict[str, str]:
+    """op -> why, for the kernels this process's training children must set aside."""
     with self._lock:
       return dict(self._aside)
 

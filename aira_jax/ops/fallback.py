@@ -64,7 +64,7 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
     logging.warning('The XLA build failed as well: the error is not the kernels\'; they are restored')
     raise first from None
   logging.warning('Compiled with the XLA ops for %s (kernels set aside)', ', '.join(kernels))
-  return step, compiled, {'kernels': [], 'set_aside': aside}
+  return step, compiled, {'kernels': [], 'set_aside': {**chosen.aside, **aside}}  # with earlier set-asides it met
 
 
 def _set_aside(kernels: list[str], why: str) -> dict[str, str]:
