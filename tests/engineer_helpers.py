@@ -1,7 +1,13 @@
-"""Tiny training configs and design programs shared by the Engineer and worker tests (and bench/overhead.py)."""
+"""Tiny training configs, design programs and store helpers shared by the Engineer and worker tests (and
+bench/overhead.py)."""
 from __future__ import annotations
 
 import textwrap
+
+from aira_jax.discovery import failures as fl
+from aira_jax.discovery.engineer_settings import EngineerSettings
+from aira_jax.discovery.gates.config import GateSettings
+from aira_jax.discovery.records import Design, Status
 
 # A tiny run: d_model 32, one layer, T=32, batch 4, 8 steps on the built-in synthetic language, on the CPU.
 TINY_TRAIN = {
@@ -81,3 +87,35 @@ OPENS_FILE = program('''\
 ''')
 # Healthy code, trained with these overrides (lr 5, no warmup or clipping): the loss shoots up and stays up.
 DIVERGING_CONFIG = {'train': {'lr': 5.0, 'warmup_steps': 0, 'clip_norm': 0.0}}
+
+
+# ------------------------------------------------------------- driving one Engineer over a test store
+# Re-checking a Debugger's fix: the gates up to 'forward' at the tiny width (seconds, not a full check).
+QUICK_CHECK = GateSettings(d_model=32, num_heads=2, num_layers=1, seq_len=16, stop_after='forward',
+                           timeout_s=120.0)
+
+
+def settings(tmp_path, **overrides) -> EngineerSettings:
+  values = dict(train=tiny_train_config(), workdir_root=str(tmp_path / 'runs'), timeout_s=120.0,
+                memory_mb=4000, lease_s=30.0, heartbeat_s=1.0, platform='cpu', check=QUICK_CHECK)
+  values.update(overrides)
+  return EngineerSettings(**values)
+
+
+def queue(store, name, source, *, kind='program', config=None) -> int:
+  _, exp = store.propose(Design(name=name, kind=kind, source=source), config=config)
+  return store.transition(exp.id, 'checked').id
+
+
+def run_one(store, engineer, exp_id):
+  claim = store.claim(engineer.worker_id, lease_s=engineer.settings.lease_s)
+  assert claim is not None and claim.experiment_id == exp_id
+  return engineer.run_claim(claim)
+
+
+def failure_of(store, exp_id) -> fl.Failure:
+  exp = store.get_experiment(exp_id)
+  assert exp.status == Status.FAILED, exp
+  failure = fl.parse_failure_reason(exp.reason)
+  assert failure is not None, exp.reason
+  return failure

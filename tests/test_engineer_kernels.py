@@ -1,0 +1,212 @@
+"""The Engineer and the Pallas kernels: a kernel choice inside the guarded training child, and a kernel that
+compiles but fails at run time (NaN, a hang), told apart from a design that fails on its own.
+
+Each end-to-end test starts real (tiny) training children on the CPU; the misbehaving "kernels" are registered
+for the CPU backend by a sitecustomize.py on the children's PYTHONPATH.
+"""
+import glob
+import json
+import math
+import os
+import time
+
+import pytest
+
+from aira_jax.discovery import failures as fl
+from aira_jax.discovery.engineer import Engineer
+from aira_jax.discovery.kernel_faults import PROCESS_VERDICTS, KernelVerdicts, kernel_suspect
+from aira_jax.discovery.store import ExperimentStore
+
+from tests import engineer_helpers as h
+from tests.engineer_helpers import failure_of, queue, run_one, settings
+
+
+@pytest.fixture
+def store(tmp_path):
+  s = ExperimentStore(tmp_path / 'store.sqlite')
+  yield s
+  s.close()
+
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_a_kernel_choice_in_the_guarded_child_falls_back_and_is_recorded(backend, store, tmp_path, monkeypatch):
+  """The GPU / TPU path of a training child, rehearsed on CPU: AIRA_JAX_OPS_TARGET makes the child choose the
+  Mosaic kernels. They are imported before the runtime guard goes up (else the guard refuses their import and the
+  run fails), chosen while the design's code runs, and, since they cannot compile on a CPU, set aside: training
+  goes on with the XLA ops and the result says so."""
+  from aira_jax.models import baseline_source
+  monkeypatch.setenv('AIRA_JAX_OPS_TARGET', backend)
+  exp_id = queue(store, f'deltanet-on-{backend}-path', baseline_source('deltanet'))
+  train = h.tiny_train_config(compute_dtype='bfloat16')
+  eng = Engineer(store, settings(tmp_path, train=train, seeds=(0,)), worker_id='w0')
+  result = run_one(store, eng, exp_id)
+  assert result is not None, store.get_experiment(exp_id).reason
+  ops = result.meta['summaries']['0']['ops']
+  assert ops['kernels'] == [] and list(ops['set_aside']) == [f'delta_rule@{backend}'], ops
+  assert result.val_loss is not None and result.loss_curve[-1][1] < result.loss_curve[0][1]
+
+
+# A Pallas kernel that compiles and then computes garbage: the XLA delta rule with its outputs turned to NaN,
+# registered as the CPU backend's kernel by a sitecustomize on the training child's PYTHONPATH.
+_NAN_KERNEL_SITE = '''
+import jax
+import jax.numpy as jnp
+from aira_jax.ops import dispatch
+from pallas_kernels.delta_rule.xla import chunk_delta_rule
+
+
+def _nan_delta_rule(q, k, v, beta, **kw):
+  return jax.tree.map(lambda a: a * jnp.nan, chunk_delta_rule(q, k, v, beta, **kw))
+
+
+dispatch.register_kernel('delta_rule', 'cpu', _nan_delta_rule)
+'''
+
+
+# ... and one that never finishes its first step (a kernel that deadlocks on a GPU).
+_HANGING_KERNEL_SITE = '''
+import time
+import jax
+from aira_jax.ops import dispatch
+from pallas_kernels.delta_rule.xla import chunk_delta_rule
+
+
+def _hang(*_):
+  time.sleep(3600)
+
+
+def _hanging_delta_rule(q, k, v, beta, **kw):
+  jax.debug.callback(_hang, q)
+  return chunk_delta_rule(q, k, v, beta, **kw)
+
+
+dispatch.register_kernel('delta_rule', 'cpu', _hanging_delta_rule)
+'''
+
+
+def _kernel_on_child_path(tmp_path, monkeypatch, site_text):
+  site = tmp_path / 'site'
+  site.mkdir()
+  (site / 'sitecustomize.py').write_text(site_text)
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(p for p in (str(site), os.environ.get('PYTHONPATH')) if p))
+  monkeypatch.delenv('AIRA_JAX_OPS_IMPL', raising=False)
+
+
+def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp_path, monkeypatch):
+  """The kernel compiles, then the loss is NaN: the Engineer trains the design once more with the kernel set
+  aside; that run succeeds, so the result is recorded (saying what happened) and the worker's later runs use
+  the XLA ops from the start, without a failed run first."""
+  from aira_jax.models import baseline_source
+  _kernel_on_child_path(tmp_path, monkeypatch, _NAN_KERNEL_SITE)
+  first = queue(store, 'deltanet-first', baseline_source('deltanet'))
+  second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
+  verdicts = KernelVerdicts()  # this test's own, not the process's
+  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0', kernel_verdicts=verdicts)
+
+  result = run_one(store, eng, first)
+  assert result is not None, store.get_experiment(first).reason
+  retry = result.meta['kernel_retry']
+  assert retry['verdict'] == 'kernel fault' and retry['kernels'] == ['delta_rule'], retry
+  assert retry['failure'].startswith('nan: training loss became nan'), retry
+  # The failed run's trainer said, before its first step, that the step ran the kernel.
+  failed_metrics = os.path.join(os.path.dirname(retry['child_dir']), 'seed-0', 'metrics.jsonl')
+  compile_record = json.loads(open(failed_metrics, encoding='utf-8').readline())
+  assert compile_record['kind'] == 'compile' and compile_record['ops']['kernels'] == ['delta_rule']
+  ops = result.meta['summaries']['0']['ops']
+  assert ops['kernels'] == [] and list(ops['set_aside']) == ['delta_rule@cpu'], ops
+  assert ops['set_aside']['delta_rule@cpu'].startswith(f'runtime failure in experiment {first} (nan: ')
+  assert math.isfinite(result.val_loss) and result.loss_curve[-1][1] < result.loss_curve[0][1]
+
+  # The loop makes a new Engineer per iteration: what the first one learned reaches the next through the verdicts.
+  assert list(verdicts.blamed()) == ['delta_rule']
+  later = run_one(store, Engineer(store, eng.settings, worker_id='w0', kernel_verdicts=verdicts), second)
+  assert later is not None and 'kernel_retry' not in later.meta, later.meta
+  assert list(later.meta['summaries']['0']['ops']['set_aside']) == ['delta_rule@cpu']
+  assert len(glob.glob(str(tmp_path / 'runs' / f'exp-{second:06d}-*' / '*' / 'child-*'))) == 1
+
+
+def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, monkeypatch):
+  """The first step never finishes: the first-step limit ends the run long before the run's own limit, and the
+  retry without the kernel trains."""
+  from aira_jax.models import baseline_source
+  _kernel_on_child_path(tmp_path, monkeypatch, _HANGING_KERNEL_SITE)
+  exp_id = queue(store, 'deltanet-hangs', baseline_source('deltanet'))
+  eng = Engineer(store, settings(tmp_path, seeds=(0,), first_step_timeout_s=3.0, timeout_s=600.0),
+                 worker_id='w0', kernel_verdicts=KernelVerdicts())
+  start = time.monotonic()
+  result = run_one(store, eng, exp_id)
+  assert result is not None, store.get_experiment(exp_id).reason
+  retry = result.meta['kernel_retry']
+  assert retry['verdict'] == 'kernel fault', retry
+  assert retry['failure'].startswith('timeout: timed out: the first training step did not finish within 3 s')
+  assert time.monotonic() - start < 300
+  metrics = [json.loads(x) for x in open(os.path.join(os.path.dirname(result.meta['child_dir']), 'seed-0',
+                                                       'metrics.jsonl'), encoding='utf-8')]
+  assert [m['kind'] for m in metrics[:2]] == ['compile', 'first_step'] and metrics[1]['step'] == 1
+
+
+def _outcome(kind=None, kernels=(), suspect=False, interrupted=None):
+  from aira_jax.discovery.training_run import RunOutcome
+  failure = fl.Failure(kind, f'planted {kind}') if kind else None
+  out = RunOutcome(failure=failure, kernels=list(kernels), kernel_suspect=suspect, interrupted=interrupted,
+                   child_dir='/nowhere/child-1')
+  if failure is None and interrupted is None:
+    out.summaries = {0: {'final_val_loss': 2.0, 'final_train_loss': 2.0, 'steps': 8, 'tokens': 1024}}
+  return out
+
+
+@pytest.mark.parametrize('retry_setting', [True, False])
+def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatch, retry_setting):
+  """Kernels ran and the loss went NaN, and it does so again with them set aside: the NaN is the design's. It is
+  recorded with the retry in its diagnostics and the kernels stay in use; a kernel cleared twice is trusted.
+  kernel_retry=False skips the retry."""
+  exp_id = queue(store, 'nan-design', h.GOOD)
+  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0',
+                 kernel_verdicts=KernelVerdicts())
+  calls = []
+
+  def fake_train(claim, exp, design, source, heartbeat, *, set_aside=None, subdir=None):
+    calls.append((set_aside, subdir))
+    return _outcome(fl.NAN, ['delta_rule'], suspect=set_aside is None)
+
+  monkeypatch.setattr(eng, '_train', fake_train)
+  assert run_one(store, eng, exp_id) is None
+  failure = failure_of(store, exp_id)
+  assert failure.kind == fl.NAN and eng.kernel_verdicts.blamed() == {}
+  if not retry_setting:
+    assert calls == [(None, None)] and 'kernel_retry' not in failure.diagnostics
+    return
+  assert [c[1] for c in calls] == [None, 'kernels-set-aside'] and list(calls[1][0]) == ['delta_rule']
+  assert failure.diagnostics['kernel_retry']['verdict'] == 'design fault'
+  # Cleared twice, the kernel is trusted: the third design that fails with it is not trained again.
+  for i in range(2):
+    calls.clear()
+    run_one(store, eng, queue(store, f'nan-design-{i}', h.GOOD + f'\n# {i}\n'))
+    assert len(calls) == (2 if i == 0 else 1), (i, calls)
+  assert eng.kernel_verdicts.cleared() == {'delta_rule': 2}
+
+
+def test_kernel_suspicion_rules():
+  crash = fl.Failure(fl.CRASH, 'x')
+  assert kernel_suspect(fl.Failure(fl.NAN, 'x'), ['delta_rule'], None)
+  assert kernel_suspect(fl.Failure(fl.DIVERGENCE, 'x'), ['simple_gla'], None)
+  assert kernel_suspect(crash, ['delta_rule'], None)  # died in native code: no Python error reported
+  assert kernel_suspect(crash, ['delta_rule'], {'exc_type': 'JaxRuntimeError', 'phase': 'train'})
+  assert not kernel_suspect(crash, ['delta_rule'], {'exc_type': 'TypeError', 'phase': 'train'})  # a trace error
+  assert not kernel_suspect(fl.Failure(fl.NAN, 'x'), [], None)  # no kernel ran
+  for kind in (fl.OOM, fl.TIMEOUT, fl.POLICY, fl.CONFIG):
+    assert not kernel_suspect(fl.Failure(kind, 'x'), ['delta_rule'], None)
+  hang = fl.Failure(fl.TIMEOUT, 'x', {'stage': 'first step'})  # the first step never finished
+  assert kernel_suspect(hang, ['delta_rule'], None) and not kernel_suspect(hang, [], None)
+
+
+def test_engineers_of_a_process_share_their_kernel_verdicts(store, tmp_path):
+  a = Engineer(store, settings(tmp_path), worker_id='a')
+  b = Engineer(store, settings(tmp_path), worker_id='b')
+  assert a.kernel_verdicts is b.kernel_verdicts is PROCESS_VERDICTS
+  assert PROCESS_VERDICTS.blamed() == {}  # the tests with misbehaving kernels kept their verdicts to themselves
+  verdicts = KernelVerdicts()
+  assert verdicts.worth_retrying(['delta_rule']) and verdicts.clear(['delta_rule']) == []
+  assert verdicts.clear(['delta_rule', 'simple_gla']) == ['delta_rule']
+  assert not verdicts.worth_retrying(['delta_rule']) and verdicts.worth_retrying(['delta_rule', 'simple_gla'])
