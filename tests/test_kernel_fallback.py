@@ -61,6 +61,23 @@ def test_a_kernel_that_fails_to_compile_is_set_aside(cpu_kernels):
   assert unrelated == {'kernels': []}
 
 
+def test_a_fallback_also_reports_kernels_set_aside_before(cpu_kernels):
+  """A step meets a kernel set aside earlier (simple_gla) and one that fails to compile now (delta_rule): the ops
+  record names both, each with its own reason."""
+  from pallas_kernels.simple_gla.xla import chunk_simple_gla
+  cpu_kernels(chunk_delta_rule_gpu)
+  cpu_kernels(chunk_simple_gla, op='simple_gla')
+  dispatch.set_aside(['simple_gla'], 'an earlier runtime failure')
+
+  def step(q, k, v, beta):
+    return ops.delta_rule(q, k, v, beta) + ops.simple_gla(q, k, v, -beta)
+
+  _, _, info = _compile(step)
+  assert info['kernels'] == [] and sorted(info['set_aside']) == ['delta_rule@cpu', 'simple_gla@cpu']
+  assert info['set_aside']['simple_gla@cpu'] == 'an earlier runtime failure'
+  assert 'interpret mode' in info['set_aside']['delta_rule@cpu']
+
+
 def test_a_kernel_that_compiles_is_kept_and_reported(cpu_kernels):
   cpu_kernels(chunk_delta_rule)  # a working 'kernel': the XLA implementation itself
   _, _, info = _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta))
