@@ -14,7 +14,9 @@ import pytest
 
 from aira_jax.discovery import failures as fl
 from aira_jax.discovery.engineer import Engineer
-from aira_jax.discovery.kernel_faults import PROCESS_VERDICTS, KernelVerdicts, kernel_suspect
+from aira_jax.discovery import kernel_faults
+from aira_jax.discovery.kernel_faults import KernelVerdicts, kernel_suspect
+from aira_jax.discovery.records import KernelVerdict
 from aira_jax.discovery.store import ExperimentStore
 
 from tests import engineer_helpers as h
@@ -95,14 +97,16 @@ def _kernel_on_child_path(tmp_path, monkeypatch, site_text):
 
 def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp_path, monkeypatch):
   """The kernel compiles, then the loss is NaN: the Engineer trains the design once more with the kernel set
-  aside; that run succeeds, so the result is recorded (saying what happened) and the worker's later runs use
-  the XLA ops from the start, without a failed run first."""
+  aside; that run succeeds, so the result is recorded (saying what happened), the store records the kernel as
+  faulty on this device, and later runs, by any Engineer of the run, use the XLA ops from the start, without a
+  failed run first. A verdict found on another kind of device does not set the kernel aside here."""
   from aira_jax.models import baseline_source
   _kernel_on_child_path(tmp_path, monkeypatch, _NAN_KERNEL_SITE)
   first = queue(store, 'deltanet-first', baseline_source('deltanet'))
   second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
-  verdicts = KernelVerdicts()  # this test's own, not the process's
-  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0', kernel_verdicts=verdicts)
+  elsewhere = kernel_faults.scope('NVIDIA H200')
+  store.add_kernel_verdict(first, KernelVerdict(op='delta_rule', scope=elsewhere, verdict='fault', reason='x'))
+  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0')
 
   result = run_one(store, eng, first)
   assert result is not None, store.get_experiment(first).reason
@@ -118,9 +122,13 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
   assert ops['set_aside']['delta_rule@cpu'].startswith(f'runtime failure in experiment {first} (nan: ')
   assert math.isfinite(result.val_loss) and result.loss_curve[-1][1] < result.loss_curve[0][1]
 
-  # The loop makes a new Engineer per iteration: what the first one learned reaches the next through the verdicts.
-  assert list(verdicts.blamed()) == ['delta_rule']
-  later = run_one(store, Engineer(store, eng.settings, worker_id='w0', kernel_verdicts=verdicts), second)
+  # What the first Engineer learned reaches every other (the loop makes one per iteration, --workers=N one per
+  # process, a resumed run new ones) through the store, scoped to this device and software.
+  here = kernel_faults.scope('cpu')
+  assert retry['scope'] == here, retry
+  assert KernelVerdicts(store.kernel_verdicts()).aside_by_scope() == {
+      elsewhere: {'delta_rule': 'x'}, here: {'delta_rule': ops['set_aside']['delta_rule@cpu']}}
+  later = run_one(store, Engineer(store, eng.settings, worker_id='w1'), second)
   assert later is not None and 'kernel_retry' not in later.meta, later.meta
   assert list(later.meta['summaries']['0']['ops']['set_aside']) == ['delta_rule@cpu']
   assert len(glob.glob(str(tmp_path / 'runs' / f'exp-{second:06d}-*' / '*' / 'child-*'))) == 1
@@ -133,7 +141,7 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
   _kernel_on_child_path(tmp_path, monkeypatch, _HANGING_KERNEL_SITE)
   exp_id = queue(store, 'deltanet-hangs', baseline_source('deltanet'))
   eng = Engineer(store, settings(tmp_path, seeds=(0,), first_step_timeout_s=3.0, timeout_s=600.0),
-                 worker_id='w0', kernel_verdicts=KernelVerdicts())
+                 worker_id='w0')
   start = time.monotonic()
   result = run_one(store, eng, exp_id)
   assert result is not None, store.get_experiment(exp_id).reason
@@ -146,11 +154,14 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
   assert [m['kind'] for m in metrics[:2]] == ['compile', 'first_step'] and metrics[1]['step'] == 1
 
 
+_SCOPE = 'Planted GPU (jax 0.11.2)'
+
+
 def _outcome(kind=None, kernels=(), suspect=False, interrupted=None):
   from aira_jax.discovery.training_run import RunOutcome
   failure = fl.Failure(kind, f'planted {kind}') if kind else None
   out = RunOutcome(failure=failure, kernels=list(kernels), kernel_suspect=suspect, interrupted=interrupted,
-                   child_dir='/nowhere/child-1')
+                   child_dir='/nowhere/child-1', kernel_scope=_SCOPE)
   if failure is None and interrupted is None:
     out.summaries = {0: {'final_val_loss': 2.0, 'final_train_loss': 2.0, 'steps': 8, 'tokens': 1024}}
   return out
@@ -162,8 +173,7 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
   recorded with the retry in its diagnostics and the kernels stay in use; a kernel cleared twice is trusted.
   kernel_retry=False skips the retry."""
   exp_id = queue(store, 'nan-design', h.GOOD)
-  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0',
-                 kernel_verdicts=KernelVerdicts())
+  eng = Engineer(store, settings(tmp_path, kernel_retry=retry_setting), worker_id='w0')
   calls = []
 
   def fake_train(claim, exp, design, source, heartbeat, *, set_aside=None, subdir=None):
@@ -173,7 +183,7 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
   monkeypatch.setattr(eng, '_train', fake_train)
   assert run_one(store, eng, exp_id) is None
   failure = failure_of(store, exp_id)
-  assert failure.kind == fl.NAN and eng.kernel_verdicts.blamed() == {}
+  assert failure.kind == fl.NAN and eng.kernel_verdicts().aside_by_scope() == {}
   if not retry_setting:
     assert calls == [(None, None)] and 'kernel_retry' not in failure.diagnostics
     return
@@ -184,7 +194,8 @@ def test_a_failure_the_xla_ops_repeat_is_the_designs(store, tmp_path, monkeypatc
     calls.clear()
     run_one(store, eng, queue(store, f'nan-design-{i}', h.GOOD + f'\n# {i}\n'))
     assert len(calls) == (2 if i == 0 else 1), (i, calls)
-  assert eng.kernel_verdicts.cleared() == {'delta_rule': 2}
+  assert eng.kernel_verdicts().cleared(_SCOPE) == {'delta_rule': 2}
+  assert [(v.op, v.verdict, v.worker) for v in store.kernel_verdicts()] == [('delta_rule', 'cleared', 'w0')] * 2
 
 
 def test_kernel_suspicion_rules():
@@ -201,12 +212,19 @@ def test_kernel_suspicion_rules():
   assert kernel_suspect(hang, ['delta_rule'], None) and not kernel_suspect(hang, [], None)
 
 
-def test_engineers_of_a_process_share_their_kernel_verdicts(store, tmp_path):
-  a = Engineer(store, settings(tmp_path), worker_id='a')
-  b = Engineer(store, settings(tmp_path), worker_id='b')
-  assert a.kernel_verdicts is b.kernel_verdicts is PROCESS_VERDICTS
-  assert PROCESS_VERDICTS.blamed() == {}  # the tests with misbehaving kernels kept their verdicts to themselves
-  verdicts = KernelVerdicts()
-  assert verdicts.worth_retrying(['delta_rule']) and verdicts.clear(['delta_rule']) == []
-  assert verdicts.clear(['delta_rule', 'simple_gla']) == ['delta_rule']
-  assert not verdicts.worth_retrying(['delta_rule']) and verdicts.worth_retrying(['delta_rule', 'simple_gla'])
+def test_kernel_verdicts_are_summarised_per_scope():
+  """Faults set a kernel aside only in their own scope; clearances count per scope, and TRUST_AFTER of them
+  make a kernel trusted there (its failures are no longer retried)."""
+  gpu, tpu = kernel_faults.scope('NVIDIA H100'), kernel_faults.scope('TPU v5 lite')
+  assert gpu != tpu and gpu.startswith('NVIDIA H100 (jax ') and 'aira-jax' in gpu
+  rows = [KernelVerdict(op='delta_rule', scope=gpu, verdict='fault', reason='nan'),
+          KernelVerdict(op='simple_gla', scope=tpu, verdict='cleared'),
+          KernelVerdict(op='simple_gla', scope=gpu, verdict='cleared')]
+  verdicts = KernelVerdicts(rows)
+  assert verdicts.aside_by_scope() == {gpu: {'delta_rule': 'nan'}}
+  assert verdicts.worth_retrying(tpu, ['simple_gla']) and verdicts.trusted(tpu) == []
+  verdicts = KernelVerdicts(rows + [KernelVerdict(op='simple_gla', scope=tpu, verdict='cleared')])
+  assert verdicts.trusted(tpu) == ['simple_gla'] and verdicts.cleared(gpu) == {'simple_gla': 1}
+  assert not verdicts.worth_retrying(tpu, ['simple_gla'])
+  assert verdicts.worth_retrying(tpu, ['simple_gla', 'delta_rule']) and verdicts.worth_retrying(gpu, ['simple_gla'])
+  assert KernelVerdicts().aside_by_scope() == {} and not KernelVerdicts().worth_retrying(gpu, [])

@@ -2,6 +2,7 @@
 loop's own leaderboard, how it reads a run without run.json, and the CLI's errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ from aira_jax.discovery.failures import DIAGNOSTICS_MARKER, Failure
 from aira_jax.discovery.fitness import FitnessConfig
 from aira_jax.discovery.leaderboard import leaderboard_rows
 from aira_jax.discovery.loop_context import StoreView
-from aira_jax.discovery.records import Analysis, CognitionRetrieval, Design, JudgeScore, Result, Status
+from aira_jax.discovery.records import (Analysis, CognitionRetrieval, Design, JudgeScore, KernelVerdict, Result,
+                                        Status)
 from aira_jax.discovery.store import ExperimentStore
 from aira_jax.report import ReportError, RunInfo, open_run, read_run_info, report_workdir, write_run_info
 from aira_jax.report import render
@@ -57,8 +59,12 @@ def run_dir(tmp_path):
     _trained(store, "seed", None, [1.35, 1.38, 1.32], src=SEED_SRC, judge=5.0)
     _trained(store, "a", "seed", [1.20], src=SEED_SRC.replace("return x", "return x * gate"), judge=8.0,
              weak=["no local attention"], curve=((10, 1.9), (20, 1.4)), ops={"kernels": ["delta_rule"]})
-    _trained(store, "b", "a", [1.30], src=SEED_SRC.replace("return x", "return x * gate + conv"), judge=6.0,
-             ops={"kernels": [], "set_aside": {"delta_rule@gpu": "ValueError: smem overflow"}})
+    b = _trained(store, "b", "a", [1.30], src=SEED_SRC.replace("return x", "return x * gate + conv"), judge=6.0,
+                 ops={"kernels": [], "set_aside": {"delta_rule@gpu": "ValueError: smem overflow"}})
+    store.add_kernel_verdict(b.id, KernelVerdict(op="simple_gla", scope="NVIDIA H200 (jax 0.11.2)", verdict="fault",
+                                                 reason="runtime failure in experiment 2 (nan: loss)"))
+    store.add_kernel_verdict(b.id, KernelVerdict(op="delta_rule", scope="NVIDIA H200 (jax 0.11.2)",
+                                                 verdict="cleared"))
     _stopped(store, "c", "a", Status.REJECTED, "gate causality: output at position 3 depends on input 7")
     _stopped(store, "d", "seed", Status.FAILED,
              Failure("nan", "the training loss became nan at step 12", {"step": 12, "secret": "DIAG"}).reason())
@@ -110,6 +116,11 @@ def test_report_says_what_the_run_found(run_dir):
     assert "Ops: set aside for the XLA ops: delta_rule@gpu (ValueError: smem overflow)." in b_card
     assert ("**1 design(s) trained with the XLA ops because the Pallas kernel(s) delta_rule@gpu were set "
             "aside**") in text.split("## Leaderboard")[0]
+    # The store's kernel verdicts: a kernel found faulty at run time is named with where and why; a clearance is not.
+    assert re.search(r"Kernel found faulty at run time, set aside from then on in every run on that device: "
+                     r"simple_gla on NVIDIA H200 \(jax 0\.11\.2\) \(experiment \d+: runtime failure in experiment 2 "
+                     r"\(nan: loss\)\)\.", text)
+    assert text.count("Kernel found faulty") == 1
     # LLM use per role, the malformed log line skipped.
     assert "| researcher | 2 | 1 | 200 | 20 | 0.0100 |" in text and "| judge | 1 | 0 |" in text
     assert "LLM backend: openai." in text

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from aira_jax.discovery import (Analysis, ClaimHeldError, ClaimLostError, CognitionEntry, CognitionRetrieval,
                                 Design, DuplicateNameError, ExperimentStore, IllegalTransitionError, JudgeScore,
-                                NotFoundError, RecordError, Result, Status, StoreError, check_transition,
+                                KernelVerdict, NotFoundError, RecordError, Result, Status, StoreError, check_transition,
                                 program_hash)
 
 SRC = "class Mixer(nnx.Module):\n    pass\n"
@@ -102,6 +102,9 @@ def test_records_round_trip(store):
     lambda: JudgeScore({"a": 5}, weights={"b": 1}),
     lambda: JudgeScore({}),
     lambda: Analysis(""),
+    lambda: KernelVerdict(op="delta_rule", scope="cpu (jax 0.11.2)", verdict="guilty"),
+    lambda: KernelVerdict(op="delta rule", scope="cpu (jax 0.11.2)", verdict="fault"),
+    lambda: KernelVerdict(op="delta_rule", scope=" ", verdict="cleared"),
 ])
 def test_bad_records_raise_clear_errors(make):
     with pytest.raises(RecordError):
@@ -175,6 +178,25 @@ def test_bad_input_leaves_store_intact(store):
     with pytest.raises(StoreError, match="already has a result"):
         store.add_result(exp.id, Result(val_loss=1.0))
     assert store.result(exp.id).val_loss == 3.0
+
+
+def test_kernel_verdicts_round_trip_whoever_holds_the_experiment(store):
+    """A kernel verdict is about a kernel on a device, not about the experiment's progress: it is written while
+    another worker's claim holds the experiment, and read back whole, oldest first, by any worker."""
+    store.propose(program("a"))
+    store.transition(1, "checked")
+    claim = store.claim("w0")
+    fault = store.add_kernel_verdict(claim.experiment_id, KernelVerdict(
+        op="delta_rule", scope="NVIDIA H200 (jax 0.11.2)", verdict="fault", reason="nan at step 3", worker="w0"))
+    cleared = store.add_kernel_verdict(1, KernelVerdict(op="simple_gla", scope="cpu (jax 0.11.2)",
+                                                        verdict="cleared"))
+    assert store.kernel_verdicts() == [fault, cleared]
+    assert fault.id < cleared.id and fault.experiment_id == 1 and fault.created_at is not None
+    with pytest.raises(NotFoundError, match="no experiment with id 99"):
+        store.add_kernel_verdict(99, KernelVerdict(op="delta_rule", scope="cpu", verdict="fault"))
+    with pytest.raises(RecordError, match="expected a KernelVerdict"):
+        store.add_kernel_verdict(1, {"op": "delta_rule"})
+    assert store.kernel_verdicts() == [fault, cleared]
 
 
 def test_lineage_queries(store):

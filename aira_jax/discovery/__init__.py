@@ -6,7 +6,8 @@ from aira_jax.discovery.fitness import Baseline, FitnessConfig, FitnessReport, M
 from aira_jax.discovery.pool import Candidate, CandidatePool, PoolConfig, PoolError, Selection
 from aira_jax.discovery.queue import ClaimHeldError, ClaimLostError
 from aira_jax.discovery.records import (Analysis, Claim, CognitionEntry, CognitionRetrieval, Design, DesignKind,
-                                        Experiment, IllegalTransitionError, JudgeScore, RecordError, Result,
+                                        Experiment, IllegalTransitionError, JudgeScore, KernelVerdict, RecordError,
+                                        Result,
                                         Status, StatusEvent, check_transition, program_hash)
 from aira_jax.discovery.selection import (ASIArchPolicy, QuadrantPolicy, SelectionPolicy, UCTPolicy, make_policy,
                                           register_policy)
@@ -17,7 +18,7 @@ __all__ = [
     "ASIArchPolicy", "Analysis", "Baseline", "Candidate", "CandidatePool", "Claim", "ClaimHeldError",
     "ClaimLostError", "CognitionEntry", "CognitionRetrieval", "Design", "DesignKind", "DuplicateNameError",
     "Experiment", "ExperimentStore", "FitnessConfig", "FitnessReport", "IllegalTransitionError", "JudgeScore",
-    "Metrics", "NotFoundError", "PoolConfig", "PoolError", "QuadrantPolicy", "RecordError", "Result",
+    "KernelVerdict", "Metrics", "NotFoundError", "PoolConfig", "PoolError", "QuadrantPolicy", "RecordError", "Result",
     "Selection", "SelectionPolicy", "Status", "StatusEvent", "StoreError", "TRAIN_QUEUE", "UCTPolicy",
     "check_transition", "compute_fitness", "make_policy", "program_hash", "register_policy",
 ]

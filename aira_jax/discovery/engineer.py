@@ -31,10 +31,12 @@ from aira_jax.discovery import failures as fl
 from aira_jax.discovery.engineer_result import build_result
 from aira_jax.discovery.engineer_settings import (ConfigOverrideError, EngineerSettings, experiment_train_config,
                                                   settings_from_config)
-from aira_jax.discovery.kernel_faults import PROCESS_VERDICTS, TRUST_AFTER, KernelVerdicts
+from aira_jax.discovery import kernel_faults
+from aira_jax.discovery.kernel_faults import TRUST_AFTER, KernelVerdicts
 from aira_jax.discovery.program_versions import record_program_version
 from aira_jax.discovery.queue import ClaimHeldError, ClaimLostError
-from aira_jax.discovery.records import Claim, Design, DesignKind, Experiment, Result, Status, program_hash
+from aira_jax.discovery.records import (KERNEL_CLEARED, KERNEL_FAULT, Claim, Design, DesignKind, Experiment,
+                                        KernelVerdict, Result, Status, program_hash)
 from aira_jax.discovery.store import TRAIN_QUEUE, ExperimentStore
 from aira_jax.discovery.training_run import ChildRequest, RunLimits, RunOutcome, describe, run_training_child
 
@@ -98,7 +100,7 @@ class Engineer:
   """Claims experiments from the store and trains, evaluates and records them."""
 
   def __init__(self, store: ExperimentStore, settings: EngineerSettings | None = None, *, worker_id: str,
-               debugger: Debugger | None = None, kernel_verdicts: KernelVerdicts | None = None):
+               debugger: Debugger | None = None):
     if not worker_id:
       raise ValueError('worker_id must not be empty')
     self.store, self.worker_id, self.debugger = store, worker_id, debugger
@@ -106,8 +108,6 @@ class Engineer:
     self._stop = threading.Event()
     self._tries = 0
     self._last_result: Result | None = None
-    # What this process has learned about kernels failing at run time (shared by its Engineers; kernel_faults).
-    self.kernel_verdicts = PROCESS_VERDICTS if kernel_verdicts is None else kernel_verdicts
     if not self.settings.eval_tasks and not self.settings.held_out_tasks:
       logging.info('Engineer %s: no harness tasks configured; benchmark scores are skipped', worker_id)
 
@@ -183,7 +183,7 @@ class Engineer:
     while True:
       outcome = self._train(claim, exp, design, source, heartbeat)
       if kernel_retry is None and s.kernel_retry and outcome.kernel_suspect and not outcome.interrupted and \
-          self.kernel_verdicts.worth_retrying(outcome.kernels):
+          self.kernel_verdicts().worth_retrying(outcome.kernel_scope, outcome.kernels):
         outcome, kernel_retry = self._train_without_kernels(claim, exp, design, source, outcome, heartbeat)
       if outcome.interrupted:
         raise _Abandon(outcome.interrupted)
@@ -258,9 +258,9 @@ class Engineer:
                              heartbeat: _Heartbeat) -> tuple[RunOutcome, dict]:
     """A run failed after Pallas kernels ran, the way a faulty kernel fails it (kernel_faults.kernel_suspect):
     trains the same program again, from scratch, with those kernels set aside. If that run succeeds the kernels
-    were at fault: they stay set aside for this process's later runs (kernel_verdicts). If it fails too, the
-    failure is the design's and its own (XLA) failure is the one recorded and debugged, and the kernels count
-    one clearance. Returns (outcome, what happened)."""
+    were at fault: a FAULT verdict in the store sets them aside for every later run in this scope, by any worker.
+    If it fails too, the failure is the design's and its own (XLA) failure is the one recorded and debugged, and
+    the kernels get a CLEARED verdict. Returns (outcome, what happened)."""
     first = failed.failure
     why = f'runtime failure in experiment {exp.id} ({first.kind}: {first.message[:200]})'
     aside = {op: why for op in failed.kernels}
@@ -270,22 +270,34 @@ class Engineer:
     retry = self._train(claim, exp, design, source, heartbeat, set_aside=aside, subdir='kernels-set-aside')
     if not self.settings.keep_checkpoints:
       self._drop_checkpoints(failed)  # the failed run's logs and metrics stay as evidence
+    scope = failed.kernel_scope or kernel_faults.scope('unknown device')
     note = {'kernels': failed.kernels, 'failure': f'{first.kind}: {first.message[:300]}',
-            'child_dir': failed.child_dir}
+            'child_dir': failed.child_dir, 'scope': scope}
     if retry.ok:
       note['verdict'] = 'kernel fault'
-      self.kernel_verdicts.blame(aside)
+      self._add_kernel_verdicts(exp, failed.kernels, scope, KERNEL_FAULT, why)
       logging.warning('Engineer %s: experiment %d trained with the XLA ops: the Pallas kernel(s) %s are set aside '
-                      'for the rest of this process\'s runs', self.worker_id, exp.id, ', '.join(failed.kernels))
+                      'for every later run on %s', self.worker_id, exp.id, ', '.join(failed.kernels), scope)
     elif retry.failure is not None:
       note['verdict'] = 'design fault'
       retry.failure.diagnostics['kernel_retry'] = note
       logging.info('Engineer %s: experiment %d fails with the XLA ops too (%s): not the kernels\' fault',
                    self.worker_id, exp.id, retry.failure.kind)
-      for op in self.kernel_verdicts.clear(failed.kernels):
-        logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried in this '
-                     'process', self.worker_id, op, TRUST_AFTER)
+      was_trusted = set(self.kernel_verdicts().trusted(scope))
+      self._add_kernel_verdicts(exp, failed.kernels, scope, KERNEL_CLEARED, why)
+      for op in sorted(set(self.kernel_verdicts().trusted(scope)) - was_trusted):
+        logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried',
+                     self.worker_id, op, TRUST_AFTER)
     return retry, note
+
+  def kernel_verdicts(self) -> KernelVerdicts:
+    """What every worker of this run has learned about kernels failing at run time (the store's verdicts)."""
+    return KernelVerdicts(self.store.kernel_verdicts())
+
+  def _add_kernel_verdicts(self, exp: Experiment, kernels: list[str], scope: str, verdict: str, why: str) -> None:
+    for op in kernels:
+      self.store.add_kernel_verdict(exp.id, KernelVerdict(op=op, scope=scope, verdict=verdict, reason=why,
+                                                          worker=self.worker_id))
 
   def _train(self, claim: Claim, exp: Experiment, design: Design, source: str, heartbeat: _Heartbeat, *,
              set_aside: dict[str, str] | None = None, subdir: str | None = None) -> RunOutcome:
@@ -310,7 +322,8 @@ class Engineer:
                            run_dirs={seed: str(prog_dir / f'seed-{seed}') for seed in s.seeds},
                            eval=evaluation, runtime_guard=s.runtime_guard, platform=platform,
                            memory_mb=s.memory_mb, address_space_slack_mb=s.address_space_slack_mb,
-                           set_aside={**self.kernel_verdicts.blamed(), **(set_aside or {})})
+                           set_aside=dict(set_aside or {}),
+                           set_aside_by_scope=self.kernel_verdicts().aside_by_scope())
     limits = RunLimits(timeout_s=s.timeout_s, eval_timeout_s=s.eval_timeout_s, memory_mb=s.memory_mb,
                        first_step_timeout_s=s.first_step_timeout_s,
                        divergence_factor=s.divergence_factor, divergence_patience=s.divergence_patience)

@@ -2,9 +2,9 @@
 
     python -m aira_jax.discovery.engineer_child <dir>     (started by aira_jax.discovery.training_run)
 
-<dir>/request.json says what to run (see `training_run.ChildRequest`; `set_aside` names kernels this run must
-not use); progress goes to <dir>/events.jsonl as
-JSON lines: start, seed_start, seed_done (the trainer's summary), eval_start, eval_done, error (phase, exception
+<dir>/request.json says what to run (see `training_run.ChildRequest`; `set_aside` and this device's entry of
+`set_aside_by_scope` name kernels this run must not use); progress goes to <dir>/events.jsonl as JSON lines:
+start, device (kernel_faults.scope: the device kind and software, which kernel verdicts are scoped to), seed_start, seed_done (the trainer's summary), eval_start, eval_done, error (phase, exception
 type, message, full traceback, the program line), done. The parent enforces time and memory limits, watches the
 metrics JSONL for NaN and divergence, and kills this process (its whole group) when a limit is crossed.
 
@@ -22,6 +22,7 @@ import time
 import traceback
 from typing import Any
 
+from aira_jax.discovery import kernel_faults
 from aira_jax.discovery.policy import DESIGN_FILENAME_PREFIX
 
 PARENT_POLL_S = 0.5
@@ -126,18 +127,23 @@ def child_main(workdir: str) -> int:
   logging.set_stderrthreshold(logging.INFO)
   try:
     # Everything training and evaluation use is imported before the guard goes up.
-    import jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import jax  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
     from aira_jax.evaluate import harness  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from aira_jax.evaluate import restore  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from aira_jax.train import trainer  # pylint: disable=import-outside-toplevel
     from aira_jax.discovery.policy import RuntimeGuard  # pylint: disable=import-outside-toplevel
     trainer.default_builders()  # imports aira_jax.data and aira_jax.models
-    if request.get('set_aside'):  # kernels the Engineer blames for an earlier runtime failure: XLA ops instead
+    scope = kernel_faults.scope(jax.devices()[0].device_kind)
+    events.emit('device', scope=scope)
+    # Kernels found faulty at run time on this kind of device (the store's verdicts), and those the Engineer
+    # sets aside for this run (its retry without them): the XLA ops instead.
+    aside = {**(request.get('set_aside_by_scope') or {}).get(scope, {}), **(request.get('set_aside') or {})}
+    if aside:
       from aira_jax.ops import dispatch  # pylint: disable=import-outside-toplevel
-      for op, why in sorted(request['set_aside'].items()):
+      for op, why in sorted(aside.items()):
         dispatch.set_aside([op], why)
-      logging.warning('Pallas kernel(s) set aside for this run: %s', ', '.join(sorted(request['set_aside'])))
+      logging.warning('Pallas kernel(s) set aside for this run: %s', ', '.join(sorted(aside)))
   except BaseException as e:  # pylint: disable=broad-except
     _report_error(events, 'setup', None, e)
     return EXIT_REPORTED_ERROR

@@ -57,7 +57,8 @@ class EngineerSettings:
   keep_checkpoints: bool = True  # False: delete a trained experiment's checkpoints once its result is recorded
   poll_s: float = 2.0  # idle wait between claims while other workers still hold work
   # A run that fails after Pallas kernels ran (NaN, divergence, a runtime error, a native crash) is trained once
-  # more with those kernels set aside; if that run succeeds, they stay set aside in this process (kernel_faults).
+  # more with those kernels set aside; if that run succeeds, the store records them as faulty on this device and
+  # every worker's later runs there set them aside (kernel_faults).
   kernel_retry: bool = True
 
   def validate(self) -> 'EngineerSettings':

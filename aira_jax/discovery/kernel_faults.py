@@ -1,22 +1,34 @@
-"""Telling a Pallas kernel's run-time fault from the design's, and what a process has learned about its kernels.
+"""Telling a Pallas kernel's run-time fault from the design's, and what the run has learned about its kernels.
 
 A kernel can compile and still fail when it runs: wrong numbers (NaN, divergence), an illegal memory access (a
 runtime error or the process dies), a deadlock (the first step never finishes). `kernel_suspect` says whether a
 failed training run may be such a fault; the Engineer then trains the design once more with those kernels set
-aside. `KernelVerdicts` keeps the outcome for every Engineer of the process: the loop makes one Engineer per
-iteration and `train_queue` one per thread, so what one of them learns must outlive it.
+aside, and records what that found in the store as `KernelVerdict` rows, one per kernel:
 
-    verdicts = KernelVerdicts()
-    verdicts.blame({'delta_rule': 'runtime failure in experiment 7 (nan: ...)'})   # later children set it aside
-    verdicts.clear(['simple_gla'])                  # failed the same way without it; trusted after TRUST_AFTER
+  - FAULT: the run trained without the kernel. Every later training child on the same kind of device, with the
+    same jax, jaxlib and aira-jax, sets the kernel aside from its start (it gets the XLA op instead).
+  - CLEARED: the run failed the same way without it; the failure was the design's. A kernel cleared TRUST_AFTER
+    times is trusted: later failures with it are not retried, so designs that diverge on their own do not train
+    twice.
+
+The store is where they live because every worker of a run shares it: the loop makes one Engineer per iteration,
+`train_queue` one per thread, `--workers=N` one per process, and a resumed run new ones again; each of them must
+know what any of them learned. A verdict is scoped (`scope`) to the device kind and the software that produced it:
+on other hardware the op runs another kernel, and after an upgrade the kernel may have been mended.
+
+    verdicts = KernelVerdicts(store.kernel_verdicts())
+    child_request.set_aside_by_scope = verdicts.aside_by_scope()   # the child applies its own scope's
+    verdicts.worth_retrying(outcome.kernel_scope, outcome.kernels)
 Kept free of JAX imports (the Engineer's process never starts a backend).
 """
 from __future__ import annotations
 
-import threading
-from typing import Any, Iterable
+import functools
+from importlib import metadata
+from typing import Any, Iterable, Sequence
 
 from aira_jax.discovery import failures as fl
+from aira_jax.discovery.records import KERNEL_CLEARED, KERNEL_FAULT, KernelVerdict
 
 FIRST_STEP = 'first step'  # Failure.diagnostics['stage'] of a run whose first step never finished
 # Exceptions raised by running a compiled computation (not by tracing or compiling it).
@@ -24,6 +36,7 @@ RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
 # A kernel that the retry has cleared this many times (the run failed the same way without it) is trusted: later
 # failures with it are not retried, so designs that diverge on their own do not train twice.
 TRUST_AFTER = 2
+_SOFTWARE = ('jax', 'jaxlib', 'aira-jax')
 
 
 def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any] | None) -> bool:
@@ -43,43 +56,46 @@ def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any
   return error is None or error.get('exc_type') in RUNTIME_ERRORS
 
 
+@functools.cache
+def _software() -> str:
+  def version(dist: str) -> str:
+    try:
+      return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+      return 'not installed'
+  return ', '.join(f'{d} {version(d)}' for d in _SOFTWARE)
+
+
+def scope(device_kind: str) -> str:
+  """Where a kernel verdict holds: the device kind (jax.Device.device_kind) and the installed jax, jaxlib and
+  aira-jax. The training child reports its own; the Engineer's process runs the same Python, so it agrees."""
+  return f'{device_kind} ({_software()})'
+
+
 class KernelVerdicts:
-  """Kernels blamed for a run-time failure (op -> why; every later training child sets them aside) and how often
-  each kernel was cleared. Thread-safe: train_queue's Engineers share one."""
+  """The store's kernel verdicts, summarised: kernels to set aside and clearance counts, per scope."""
 
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._aside: dict[str, str] = {}
-    self._cleared: dict[str, int] = {}
+  def __init__(self, verdicts: Sequence[KernelVerdict] = ()):
+    self._aside: dict[str, dict[str, str]] = {}
+    self._cleared: dict[str, dict[str, int]] = {}
+    for v in verdicts:
+      if v.verdict == KERNEL_FAULT:
+        self._aside.setdefault(v.scope, {})[v.op] = v.reason
+      elif v.verdict == KERNEL_CLEARED:
+        counts = self._cleared.setdefault(v.scope, {})
+        counts[v.op] = counts.get(v.op, 0) + 1
 
-  def blamed(self) -> dict[str, str]:
-    """op -> why, for the kernels this process's training children must set aside."""
-    with self._lock:
-      return dict(self._aside)
+  def aside_by_scope(self) -> dict[str, dict[str, str]]:
+    """scope -> {op: why}: the kernels a training child in that scope must set aside."""
+    return {s: dict(ops) for s, ops in self._aside.items()}
 
-  def cleared(self) -> dict[str, int]:
-    with self._lock:
-      return dict(self._cleared)
+  def cleared(self, scope_: str) -> dict[str, int]:
+    return dict(self._cleared.get(scope_, {}))
 
-  def worth_retrying(self, kernels: Iterable[str]) -> bool:
-    """Whether a suspect failure with these kernels is retried: one of them is not trusted yet."""
-    with self._lock:
-      return any(self._cleared.get(op, 0) < TRUST_AFTER for op in kernels)
+  def trusted(self, scope_: str) -> list[str]:
+    return sorted(op for op, n in self._cleared.get(scope_, {}).items() if n >= TRUST_AFTER)
 
-  def blame(self, aside: dict[str, str]) -> None:
-    with self._lock:
-      self._aside.update(aside)
-
-  def clear(self, kernels: Iterable[str]) -> list[str]:
-    """Counts one clearance for each kernel; returns those that have just become trusted."""
-    trusted = []
-    with self._lock:
-      for op in kernels:
-        self._cleared[op] = self._cleared.get(op, 0) + 1
-        if self._cleared[op] == TRUST_AFTER:
-          trusted.append(op)
-    return trusted
-
-
-# The process's verdicts: what every Engineer uses unless it is given its own (tests do).
-PROCESS_VERDICTS = KernelVerdicts()
+  def worth_retrying(self, scope_: str, kernels: Iterable[str]) -> bool:
+    """Whether a suspect failure with these kernels is retried: one of them is not trusted yet in this scope."""
+    cleared = self._cleared.get(scope_, {})
+    return any(cleared.get(op, 0) < TRUST_AFTER for op in kernels)

@@ -14,7 +14,7 @@ from aira_jax.discovery import fitness as fitness_lib
 from aira_jax.discovery.agents.analyst import BaselineBrief
 from aira_jax.discovery.agents.briefs import DesignBrief, Metrics
 from aira_jax.discovery.agents.evidence import program_fingerprint
-from aira_jax.discovery.records import Analysis, Design, Experiment, JudgeScore, Result, Status
+from aira_jax.discovery.records import Analysis, Design, Experiment, JudgeScore, KernelVerdict, Result, Status
 from aira_jax.discovery.store import ExperimentStore
 
 ANCHOR_NAMES = ("deltanet", "gated_deltanet")
@@ -40,6 +40,7 @@ class StoreView:
                 if found:
                     self.analyses[e.id] = found[-1]
         self.cognition = {e.id: store.cognition(e.id) for e in self.experiments if e.status == Status.ANALYSED}
+        self.kernel_verdicts: list[KernelVerdict] = store.kernel_verdicts()  # of the whole store, every scale
         seed_runs = [self.results[e.id] for e in self.by_design.get(seed_name, ()) if e.id in self.results]
         self.baseline: fitness_lib.Baseline | None = None
         if seed_runs:

@@ -324,6 +324,32 @@ class JudgeScore(_Record):
         return sum(w[k] * s for k, s in self.sub_scores.items()) / sum(w.values())
 
 
+KERNEL_FAULT = "fault"      # the run trained with the kernel set aside: later runs in its scope set it aside
+KERNEL_CLEARED = "cleared"  # the run failed the same way without it: the failure was the design's
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelVerdict(_Record):
+    """What a retry without a Pallas kernel found about it (see aira_jax.discovery.kernel_faults), in a scope: the
+    device kind and the jax, jaxlib and aira-jax versions of the run."""
+    op: str                  # the op whose kernel ran, e.g. 'delta_rule'
+    scope: str
+    verdict: str             # KERNEL_FAULT | KERNEL_CLEARED
+    reason: str = ""         # the failure that started the retry
+    worker: str = ""
+    experiment_id: int | None = None
+    id: int | None = None
+    created_at: float | None = None
+
+    def __post_init__(self):
+        validate_name(self.op, "kernel op")
+        _str(self.scope, "kernel verdict scope", required=True)
+        if self.verdict not in (KERNEL_FAULT, KERNEL_CLEARED):
+            raise RecordError(f"kernel verdict must be {KERNEL_FAULT!r} or {KERNEL_CLEARED!r}, got {self.verdict!r}")
+        _str(self.reason, "kernel verdict reason")
+        _str(self.worker, "kernel verdict worker")
+
+
 @dataclasses.dataclass(frozen=True)
 class CognitionEntry(_Record):
     entry_id: str

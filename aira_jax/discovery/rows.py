@@ -7,7 +7,7 @@ import json
 import sqlalchemy as sa
 
 from aira_jax.discovery import schema
-from aira_jax.discovery.records import Design, Experiment
+from aira_jax.discovery.records import Design, Experiment, RecordError
 
 # The store assigns ids and times: payloads are written without them and stamped on the way out.
 _STAMP_FIELDS = ("experiment_id", "id", "created_at")
@@ -45,3 +45,9 @@ def stamped(record, experiment_id: int, rid: int, at: float):
 def from_payload(cls, row):
     """A payload-table row (experiment_id, id, payload, created_at) as a record of type `cls`."""
     return stamped(cls.from_json(row.payload), row.experiment_id, row.id, row.created_at)
+
+
+def expect(record, cls) -> None:
+    """A write's record has the type the table holds (a typed record, not a dict)."""
+    if not isinstance(record, cls):
+        raise RecordError(f"expected a {cls.__name__} record, got {type(record).__name__}")

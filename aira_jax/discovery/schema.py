@@ -87,3 +87,6 @@ def _payload_table(name: str, *extra: sa.Column) -> sa.Table:
 analyses = _payload_table("analyses")
 judge_scores = _payload_table("judge_scores", sa.Column("total", sa.Float, nullable=False))
 cognition = _payload_table("cognition", sa.Column("stage", sa.String(128), nullable=False))
+# What a retry without a Pallas kernel found about it (kernel_faults): few rows, read whole by every Engineer.
+kernel_verdicts = _payload_table("kernel_verdicts", sa.Column("op", sa.String(128), nullable=False),
+                                 sa.Column("verdict", sa.String(16), nullable=False))

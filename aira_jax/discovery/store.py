@@ -29,10 +29,10 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from aira_jax.discovery import db, queue, rows, schema
-from aira_jax.discovery.records import (Analysis, Claim, CognitionRetrieval, Design, Experiment, JudgeScore,
-                                        RecordError, Result, Status, StatusEvent, TERMINAL_STATUSES,
+from aira_jax.discovery.records import (Claim, Design, Experiment, Result, Status, StatusEvent, TERMINAL_STATUSES,
                                         check_transition, program_hash, validate_name)
 from aira_jax.discovery.queue import ClaimHeldError, ClaimLostError  # noqa: F401  (re-exported)
+from aira_jax.discovery.store_payloads import AttachedRecords
 
 DEFAULT_STORE_PATH = "runs/aira_store.sqlite"
 STORE_URL_ENV = "AIRA_STORE_URL"
@@ -54,7 +54,7 @@ class DuplicateNameError(StoreError):
     pass
 
 
-class ExperimentStore:
+class ExperimentStore(AttachedRecords):
     """Typed access to designs, experiments and their results. One instance per process."""
 
     def __init__(self, url: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time,
@@ -252,7 +252,7 @@ class ExperimentStore:
     def add_result(self, experiment_id: int, result: Result, *, claim: Claim | None = None,
                    mark_trained: bool = True) -> Result:
         """Records an experiment's result; by default also moves it training -> trained in the same step."""
-        _expect(result, Result)
+        rows.expect(result, Result)
         with self._write() as conn:
             row = self._lock_experiment(conn, experiment_id, claim, allowed=(Status.TRAINING, Status.TRAINED),
                                         what="a result")
@@ -291,45 +291,9 @@ class ExperimentStore:
             out.append((rows.to_experiment(r), rows.stamped(res, r.id, r.r_id, r.r_at)))
         return out
 
-    def add_analysis(self, experiment_id: int, analysis: Analysis, *, claim: Claim | None = None,
-                     mark_analysed: bool = True) -> Analysis:
-        """Records the Analyst's reading; by default also moves the experiment trained -> analysed."""
-        _expect(analysis, Analysis)
-        with self._write() as conn:
-            row = self._lock_experiment(conn, experiment_id, claim, allowed=(Status.TRAINED, Status.ANALYSED),
-                                        what="an analysis")
-            rec = self._insert_payload(conn, schema.analyses, experiment_id, analysis)
-            if mark_analysed and row.status == Status.TRAINED.value:
-                self._transition(conn, experiment_id, Status.ANALYSED, reason="", claim=claim)
-        return rec
-
-    def analyses(self, experiment_id: int) -> list[Analysis]:
-        return self._payloads(schema.analyses, Analysis, experiment_id)
-
-    def add_judge_score(self, experiment_id: int, score: JudgeScore, *, claim: Claim | None = None) -> JudgeScore:
-        _expect(score, JudgeScore)
-        with self._write() as conn:
-            self._lock_experiment(conn, experiment_id, claim, allowed=(Status.TRAINED, Status.ANALYSED),
-                                  what="a judge score")
-            return self._insert_payload(conn, schema.judge_scores, experiment_id, score, total=score.total)
-
-    def judge_scores(self, experiment_id: int | None = None) -> list[JudgeScore]:
-        """Judge scores of one experiment, or of all experiments when `experiment_id` is None."""
-        return self._payloads(schema.judge_scores, JudgeScore, experiment_id)
-
-    def add_cognition(self, experiment_id: int, retrieval: CognitionRetrieval, *,
-                      claim: Claim | None = None) -> CognitionRetrieval:
-        _expect(retrieval, CognitionRetrieval)
-        with self._write() as conn:
-            self._lock_experiment(conn, experiment_id, claim, allowed=tuple(Status), what="retrieved cognition")
-            return self._insert_payload(conn, schema.cognition, experiment_id, retrieval, stage=retrieval.stage)
-
-    def cognition(self, experiment_id: int) -> list[CognitionRetrieval]:
-        return self._payloads(schema.cognition, CognitionRetrieval, experiment_id)
-
     # ------------------------------------------------------------------------------------------ internals
     def _insert_design(self, conn: sa.Connection, design: Design) -> Design:
-        _expect(design, Design)
+        rows.expect(design, Design)
         if conn.execute(sa.select(_D.c.id).where(_D.c.name == design.name)).first() is not None:
             raise DuplicateNameError(f"design name {design.name!r} is taken; store.unique_name({design.name!r}) "
                                      f"gives a free one")
@@ -368,13 +332,19 @@ class ExperimentStore:
     def _lock_experiment(self, conn: sa.Connection, experiment_id: int, claim: Claim | None, *,
                          allowed: Sequence[Status], what: str):
         """Reads the experiment row under a write lock and checks the caller may write `what` to it now."""
-        row = conn.execute(sa.select(_E).where(_E.c.id == experiment_id).with_for_update()).first()
-        if row is None:
-            raise NotFoundError(f"no experiment with id {experiment_id}")
+        row = self._require_experiment(conn, experiment_id)
         queue.check_write_access(row, claim, now=self._clock())
         if Status(row.status) not in allowed:
             raise StoreError(f"cannot record {what} for experiment {experiment_id} in status {row.status!r} "
                              f"(allowed: {[s.value for s in allowed]})")
+        return row
+
+    @staticmethod
+    def _require_experiment(conn: sa.Connection, experiment_id: int):
+        """The experiment row, under a write lock."""
+        row = conn.execute(sa.select(_E).where(_E.c.id == experiment_id).with_for_update()).first()
+        if row is None:
+            raise NotFoundError(f"no experiment with id {experiment_id}")
         return row
 
     def _transition(self, conn: sa.Connection, experiment_id: int, to: Status | str, *, reason: str,
@@ -390,20 +360,3 @@ class ExperimentStore:
             experiment_id=experiment_id, from_status=cur.value, to_status=tgt.value, reason=reason,
             worker=claim.worker if claim else None, at=now))
 
-    def _insert_payload(self, conn: sa.Connection, table: sa.Table, experiment_id: int, record, **cols):
-        now = self._clock()
-        rid = conn.execute(sa.insert(table).values(experiment_id=experiment_id, payload=rows.payload(record),
-                                                   created_at=now, **cols)).inserted_primary_key[0]
-        return rows.stamped(record, experiment_id, rid, now)
-
-    def _payloads(self, table: sa.Table, cls, experiment_id: int | None) -> list:
-        q = sa.select(table).order_by(table.c.id)
-        if experiment_id is not None:
-            q = q.where(table.c.experiment_id == experiment_id)
-        with self._read() as conn:
-            return [rows.from_payload(cls, r) for r in conn.execute(q)]
-
-
-def _expect(record, cls) -> None:
-    if not isinstance(record, cls):
-        raise RecordError(f"expected a {cls.__name__} record, got {type(record).__name__}")

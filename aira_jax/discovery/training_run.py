@@ -48,6 +48,8 @@ class ChildRequest:
   memory_mb: int = 0  # resident-memory limit (0: none)
   address_space_slack_mb: int = 8192
   set_aside: dict[str, str] = dataclasses.field(default_factory=dict)  # op -> why: kernels the child must not use
+  # scope -> {op: why}: kernels found faulty at run time (kernel_faults); the child sets aside its own scope's
+  set_aside_by_scope: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> str:
     data = dataclasses.asdict(self)
@@ -79,6 +81,7 @@ class RunOutcome:
   peak_rss_mb: float = 0.0
   child_dir: str = ''
   kernels: list[str] = dataclasses.field(default_factory=list)  # ops that ran a Pallas kernel in the child
+  kernel_scope: str = ''  # where the child ran (kernel_faults.scope: device kind and software), once it said
   kernel_suspect: bool = False  # the failure came after kernels ran and is of a kind a faulty kernel causes
 
   @property
@@ -174,6 +177,8 @@ class _Monitor:
     elif kind == 'eval_done':
       self.outcome.evals[int(seed)] = event.get('scores') or {}
       self.phase = 'train'  # the next seed_start restarts the clock
+    elif kind == 'device':
+      self.outcome.kernel_scope = str(event.get('scope') or '')
     elif kind == 'error':
       self.error = event
     elif kind == 'done':

@@ -15,6 +15,7 @@ from typing import Any
 from aira_jax.discovery import failures
 from aira_jax.discovery.leaderboard import leaderboard_rows
 from aira_jax.discovery.loop_context import StoreView
+from aira_jax.discovery.records import KERNEL_FAULT
 
 LLM_LOG = "llm_calls.jsonl"
 
@@ -82,6 +83,7 @@ class RunReport:
     fitness_rules: str = ""          # how fitness was computed, for people
     ranking: tuple[str, ...] = ()    # the loop's leaderboard order (leaderboard_rows)
     store: str = ""                  # the store's URL (no password), for the gallery export commands
+    kernel_faults: tuple[str, ...] = ()  # 'op on scope (experiment N: why)' for each kernel found faulty at run time
 
     def ranked(self) -> list[DesignRow]:
         """Designs with a validation loss in the loop's leaderboard order."""
@@ -231,4 +233,6 @@ def collect(view: StoreView, workdir: str, *, llm_log: str | None = None, inferr
                      seed_runs=b.num_seeds if b else 0, designs=rows, llm=llm, backends=backends,
                      started_at=min(times) if times else None, last_record_at=max(updates) if updates else None,
                      fitness_rules=fitness_rules(view.fitness_cfg, inferred=inferred), store=store,
-                     ranking=tuple(r.name for r in board))
+                     ranking=tuple(r.name for r in board),
+                     kernel_faults=tuple(f"{v.op} on {v.scope} (experiment {v.experiment_id}: {v.reason})"
+                                         for v in view.kernel_verdicts if v.verdict == KERNEL_FAULT))
