@@ -185,6 +185,12 @@ def _ops_text(ops) -> str:
   text = f"Pallas kernels for {', '.join(ops['kernels'])}" if ops.get('kernels') else 'XLA ops only'
   for name, why in (ops.get('set_aside') or {}).items():
     text += f"; {name} SET ASIDE ({why[:200]})"
+  test = ops.get('self_test')
+  if isinstance(test, dict) and (test.get('ok') or test.get('failed')):
+    passed = ', '.join(f'{op} {err:.2g}' for op, err in sorted((test.get('ok') or {}).items()))
+    text += (f"; kernel self-test vs XLA ({float(test.get('seconds') or 0):.1f} s): "
+             f"{'passed, worst relative RMS ' + passed if passed else ''}"
+             f"{'; FAILED ' + ', '.join(sorted(test['failed'])) if test.get('failed') else ''}")
   return text
 
 

@@ -15,7 +15,7 @@ import pytest
 from aira_jax.discovery import failures as fl
 from aira_jax.discovery.engineer import Engineer
 from aira_jax.discovery import kernel_faults
-from aira_jax.discovery.kernel_faults import KernelVerdicts, kernel_suspect
+from aira_jax.discovery.kernel_faults import FIRST_STEP, KernelVerdicts, kernel_suspect
 from aira_jax.discovery.records import KernelVerdict
 from aira_jax.discovery.store import ExperimentStore
 
@@ -106,7 +106,10 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
   second = queue(store, 'deltanet-second', baseline_source('deltanet') + '\n')
   elsewhere = kernel_faults.scope('NVIDIA H200')
   store.add_kernel_verdict(first, KernelVerdict(op='delta_rule', scope=elsewhere, verdict='fault', reason='x'))
-  eng = Engineer(store, settings(tmp_path, seeds=(0,)), worker_id='w0')
+  # Without the kernel self-test, which would set this kernel aside at compile time (test_kernel_fallback): here
+  # it is one whose faults only training shows.
+  eng = Engineer(store, settings(tmp_path, seeds=(0,), train=h.tiny_train_config(check_kernel_ops=False)),
+                 worker_id='w0')
 
   result = run_one(store, eng, first)
   assert result is not None, store.get_experiment(first).reason
@@ -135,8 +138,9 @@ def test_a_kernel_that_fails_at_run_time_is_set_aside_after_one_retry(store, tmp
 
 
 def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, monkeypatch):
-  """The first step never finishes: the first-step limit ends the run long before the run's own limit, and the
-  retry without the kernel trains."""
+  """The kernel never returns: its self-test (the first thing to run it, announced by a kernel_check record)
+  hangs, the first-step limit ends the run long before the run's own limit, and the retry without the kernel
+  trains."""
   from aira_jax.models import baseline_source
   _kernel_on_child_path(tmp_path, monkeypatch, _HANGING_KERNEL_SITE)
   exp_id = queue(store, 'deltanet-hangs', baseline_source('deltanet'))
@@ -147,11 +151,46 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
   assert result is not None, store.get_experiment(exp_id).reason
   retry = result.meta['kernel_retry']
   assert retry['verdict'] == 'kernel fault', retry
-  assert retry['failure'].startswith('timeout: timed out: the first training step did not finish within 3 s')
+  assert retry['failure'].startswith('timeout: timed out: the Pallas kernel self-test (one call of each kernel '
+                                     'against its XLA op) did not finish within 3 s'), retry
+  failed = [json.loads(x) for x in open(os.path.join(os.path.dirname(retry['child_dir']), 'seed-0',
+                                                      'metrics.jsonl'), encoding='utf-8')]
+  assert [m['kind'] for m in failed] == ['kernel_check'] and failed[0]['ops']['kernels'] == ['delta_rule']
   assert time.monotonic() - start < 300
   metrics = [json.loads(x) for x in open(os.path.join(os.path.dirname(result.meta['child_dir']), 'seed-0',
                                                        'metrics.jsonl'), encoding='utf-8')]
   assert [m['kind'] for m in metrics[:2]] == ['compile', 'first_step'] and metrics[1]['step'] == 1
+
+
+def test_the_first_step_clock_runs_from_the_kernel_check_then_from_the_compile(tmp_path, monkeypatch):
+  """The parent's watch of one seed: a kernel_check record starts the first-step clock (the self-test runs the
+  kernels), the compile record restarts it, the first_step record stops it; the kernels are noted from both."""
+  from aira_jax.discovery import training_run as tr
+  now = [100.0]
+  monkeypatch.setattr(tr.time, 'monotonic', lambda: now[0])
+  request = tr.ChildRequest(config={}, seeds=(0,), run_dirs={0: str(tmp_path)})
+  monitor = tr._Monitor(request, tr.RunLimits(timeout_s=600.0, eval_timeout_s=60.0, memory_mb=0,
+                                              first_step_timeout_s=5.0), tr.RunOutcome())
+  monitor.on_event({'event': 'seed_start', 'seed': 0})
+  metrics = tmp_path / 'metrics.jsonl'
+
+  def record(kind, **fields):
+    with open(metrics, 'a', encoding='utf-8') as f:
+      f.write(json.dumps({'kind': kind, 'step': 0, **fields}) + '\n')
+    monitor.read_metrics()
+
+  now[0] += 50.0  # building and compiling the step: the run's own limit applies, not the first-step one
+  assert monitor.deadline_passed(now[0]) is None
+  record('kernel_check', ops={'kernels': ['delta_rule']})
+  now[0] += 6.0
+  assert monitor.deadline_passed(now[0]) == (FIRST_STEP, 5.0) and monitor.clock_from == 'kernel_check'
+  record('compile', ops={'kernels': ['delta_rule', 'simple_gla']})
+  now[0] += 4.0
+  assert monitor.deadline_passed(now[0]) is None and monitor.clock_from == 'compile'
+  now[0] += 2.0
+  assert monitor.deadline_passed(now[0]) == (FIRST_STEP, 5.0)
+  record('first_step', seconds_after_compile=5.5)
+  assert monitor.deadline_passed(now[0]) is None and monitor.kernels == {'delta_rule', 'simple_gla'}
 
 
 _SCOPE = 'Planted GPU (jax 0.11.2)'

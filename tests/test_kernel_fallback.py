@@ -4,13 +4,19 @@ The failing kernel is the real Mosaic GPU delta-rule kernel, registered here as 
 its lowering fails ("Only interpret mode is supported on CPU backend") the way a kernel fails on a GPU it was
 never compiled for.
 """
+import dataclasses
+import json
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from aira_jax import ops
 from aira_jax.ops import dispatch
 from aira_jax.ops import fallback as kernel_fallback
+from aira_jax.ops import selftest
 from aira_jax.train import base_config, train
 from pallas_kernels.delta_rule.gpu import chunk_delta_rule_gpu
 from pallas_kernels.delta_rule.xla import chunk_delta_rule
@@ -21,6 +27,7 @@ def cpu_kernels(monkeypatch):
   """A private kernel registry and set-aside table for the test; returns a function that registers a kernel."""
   monkeypatch.setattr(dispatch, '_registry', {})
   monkeypatch.setattr(dispatch, '_set_aside', {})
+  monkeypatch.setattr(selftest, '_checked', {})
 
   def register(fn, op='delta_rule'):
     dispatch.register_kernel(op, 'cpu', fn)
@@ -81,7 +88,8 @@ def test_a_fallback_also_reports_kernels_set_aside_before(cpu_kernels):
 def test_a_kernel_that_compiles_is_kept_and_reported(cpu_kernels):
   cpu_kernels(chunk_delta_rule)  # a working 'kernel': the XLA implementation itself
   _, _, info = _compile(lambda q, k, v, beta: ops.delta_rule(q, k, v, beta))
-  assert info == {'kernels': ['delta_rule']} and dispatch.kernels_set_aside() == {}
+  assert info['kernels'] == ['delta_rule'] and dispatch.kernels_set_aside() == {}
+  assert info['self_test']['ok'] == {'delta_rule': 0.0} and not info['self_test']['failed']
 
 
 def test_the_designs_own_error_is_raised_and_the_kernel_kept(cpu_kernels):
@@ -166,7 +174,8 @@ def _check_config(**train):
   c.model.update(design='deltanet', d_model=64, num_layers=2, num_heads=2, mlp_hidden=64)
   c.data.update(synthetic_num_docs=200, val_docs=8)
   c.train.update(seq_len=64, global_batch=4, max_steps=3, warmup_steps=1, eval_every=0, eval_batches=1,
-                 log_every=1, checkpoint_every=0, compute_dtype='float32', tensorboard=False, check_kernels=True)
+                 log_every=1, checkpoint_every=0, compute_dtype='float32', tensorboard=False, check_kernels=True,
+                 check_kernel_ops=False)  # the model-level check alone (the per-op self-test would come first)
   c.train.update(train)
   return c
 
@@ -185,9 +194,96 @@ def test_a_kernel_with_wrong_numbers_is_caught_by_the_check(cpu_kernels, tmp_pat
 
 def test_a_correct_kernel_passes_the_check_and_is_kept(cpu_kernels, tmp_path):
   cpu_kernels(chunk_delta_rule)
-  ops = train(_check_config(compute_dtype='bfloat16'), str(tmp_path / 'ok'))['ops']
+  ops = train(_check_config(compute_dtype='bfloat16', check_kernel_ops=True), str(tmp_path / 'ok'))['ops']
   assert ops['kernels'] == ['delta_rule'] and 'set_aside' not in ops
   assert ops['check']['ok'] and ops['check']['loss_rel_err'] == 0.0 and ops['check']['precision'] == 'low'
+  assert ops['self_test']['ok'] == {'delta_rule': 0.0} and not ops['self_test']['failed']
+
+
+def _scaled_delta_rule(q, k, v, beta, **kw):
+  """Wrong numbers that the model-level check cannot see: outputs (and final state) 1.5x too large, which the
+  gated RMSNorm after the mixer scales back."""
+  return jax.tree.map(lambda a: a * 1.5, chunk_delta_rule(q, k, v, beta, **kw))
+
+
+def _nan_delta_rule(q, k, v, beta, **kw):
+  return jax.tree.map(lambda a: a * jnp.nan, chunk_delta_rule(q, k, v, beta, **kw))
+
+
+def test_the_self_test_sets_aside_kernels_with_wrong_numbers_by_default(cpu_kernels, tmp_path):
+  """Default training config: each kernel call is checked against the XLA op after compiling. A kernel whose
+  outputs are 1.5x too large (which passes the model-level check) and one that returns NaN are set aside, with
+  the reason, and training runs with the XLA ops (both runs end at the same loss)."""
+  c = _check_config(compute_dtype='bfloat16', check_kernels=False, check_kernel_ops=True)
+  losses = []
+  for name, wrong, worst in (('scaled', _scaled_delta_rule, 'relative RMS 0.5 > 0.1'),
+                             ('nan', _nan_delta_rule, 'relative RMS inf > 0.1')):
+    cpu_kernels(wrong)
+    dispatch.restore_kernels(['delta_rule'])  # set aside by the previous round
+    summary = train(c, str(tmp_path / name))
+    ops = summary['ops']
+    assert ops['kernels'] == [] and list(ops['set_aside']) == ['delta_rule@cpu'], ops
+    why = ops['set_aside']['delta_rule@cpu']
+    assert why.startswith('self-test: ') and worst in why and 'delta_rule(bfloat16[1, 64, 2, 32]' in why, why
+    assert list(ops['self_test']['failed']) == ['delta_rule'] and ops['self_test']['ok'] == {}
+    losses.append(summary['final_train_loss'])
+    kinds = [json.loads(x)['kind'] for x in open(tmp_path / name / 'metrics.jsonl', encoding='utf-8')]
+    assert kinds[:2] == ['kernel_check', 'compile'], kinds
+  assert losses[0] == losses[1] and math.isfinite(losses[0])
+
+
+def test_the_self_test_draws_inputs_like_the_call_and_checks_each_signature_once(cpu_kernels, monkeypatch):
+  """Batch cut to 1, sequence to SEQ_CAP plus the ragged remainder; options and dtypes kept; calls that reduce
+  alike are checked once per process and kernel; an op without a recipe is skipped, not failed."""
+  assert [selftest.checked_length(t) for t in (64, 200, 256, 300, 2048, 2050)] == [64, 200, 256, 300, 256, 258]
+  bf16 = jnp.bfloat16
+  seq = jax.ShapeDtypeStruct((8, 2050, 4, 64), bf16)
+  call = selftest.KernelCall.of('gated_delta_rule', 'gpu', (seq, seq, seq, jax.ShapeDtypeStruct((8, 2050, 4), bf16),
+                                                            jax.ShapeDtypeStruct((8, 2050, 4), bf16)),
+                                {'scale': 0.125, 'initial_state': jax.ShapeDtypeStruct((8, 4, 64, 64), jnp.float32),
+                                 'output_final_state': True, 'chunk_size': 64})
+  args, kwargs = selftest.sample_inputs(call)
+  assert [a.shape for a in args] == [(1, 258, 4, 64)] * 3 + [(1, 258, 4)] * 2
+  assert all(a.dtype == bf16 for a in args) and kwargs['initial_state'].shape == (1, 4, 64, 64)
+  assert kwargs['scale'] == 0.125 and kwargs['output_final_state'] is True
+  k, g, beta = (np.asarray(a, np.float32) for a in (args[1], args[3], args[4]))
+  assert np.allclose(np.linalg.norm(k, axis=-1), 1.0, atol=1e-2) and (g < 0).all() and ((beta > 0) & (beta < 1)).all()
+
+  # When the check itself cannot run (here: a call the recipe does not fit), the kernel is kept and said unchecked.
+  misfit = selftest.KernelCall.of('delta_rule', 'cpu', (seq, seq, seq), {})
+  verdict = selftest.check_call(misfit)
+  assert verdict['ok'] and 'recipe has 4 arguments, the call 3' in verdict['skipped']
+  assert 'recipe has 4' in selftest.check_calls([misfit])['skipped']['delta_rule']
+
+  runs = []
+  monkeypatch.setattr(selftest, 'check_call', lambda c: runs.append(c) or {'ok': True, 'max_rel_err': 0.01,
+                                                                          'call': c.describe(), 'seconds': 0.0})
+  small = selftest.KernelCall.of('delta_rule', 'cpu', tuple(jax.ShapeDtypeStruct(s, bf16) for s in
+                                                           [(2, 64, 2, 64)] * 3 + [(2, 64, 2)]), {})
+  conv = selftest.KernelCall.of('short_conv', 'cpu', (jax.ShapeDtypeStruct((2, 64, 8), bf16),), {})
+  report = selftest.check_calls([small, small, conv])
+  assert report['ok'] == {'delta_rule': 0.01} and 'no self-test recipe' in report['skipped']['short_conv']
+  bigger = dataclasses.replace(small, args=tuple(jax.ShapeDtypeStruct((16,) + a.shape[1:], bf16)
+                                                 for a in small.args))  # a larger batch reduces to the same call
+  assert selftest.check_calls([small, bigger])['ok'] == {'delta_rule': 0.01} and runs == [small]
+  other = dataclasses.replace(small, kernel=_nan_delta_rule)  # another kernel for the same signature: checked anew
+  selftest.check_calls([other])
+  assert runs == [small, other]
+
+
+def test_the_self_test_passes_the_real_gpu_kernel_interpreted(cpu_kernels):
+  """No false alarm: the Mosaic GPU delta-rule kernel in the GPU interpreter, bf16, with an initial and a final
+  state, agrees with the XLA op far inside the tolerance (a wrong kernel is off by 0.5 or more)."""
+  import functools
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  kernel = functools.partial(chunk_delta_rule_gpu, interpret=plgpu.InterpretGPUParams())
+  seq = jax.ShapeDtypeStruct((4, 128, 2, 64), jnp.bfloat16)
+  call = selftest.KernelCall.of('delta_rule', 'gpu', (seq, seq, seq, jax.ShapeDtypeStruct((4, 128, 2), jnp.bfloat16)),
+                                {'scale': None, 'initial_state': jax.ShapeDtypeStruct((4, 2, 64, 64), jnp.float32),
+                                 'output_final_state': True, 'chunk_size': 64}, kernel)
+  verdict = selftest.check_call(call)
+  print('interpreted GPU kernel, op-level self-test:', verdict)
+  assert verdict['ok'] and verdict['max_rel_err'] < 0.02 and verdict['tolerance'] == 0.1, verdict
 
 
 def test_the_real_gpu_kernel_interpreted_agrees_with_xla(cpu_kernels):

@@ -64,7 +64,9 @@ class RunLimits:
   memory_mb: int  # 0: no limit
   divergence_factor: float = 3.0
   divergence_patience: int = 2
-  first_step_timeout_s: float = 0.0  # the first step must finish this long after its compile record (0: off)
+  # The first step must finish this long after the trainer's compile record, and the kernel self-test and the
+  # compile that follows it this long after its kernel_check record (0: off).
+  first_step_timeout_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -159,6 +161,7 @@ class _Monitor:
     self.kernels: set[str] = set()  # from the trainer's 'compile' records and the seeds' summaries
     self.compiled_at: float | None = None  # when the current seed's compile record arrived
     self.first_step_done = False
+    self.clock_from = 'compile'  # the record that started the first-step clock: 'kernel_check' or 'compile'
 
   def on_event(self, event: dict[str, Any]) -> None:
     kind, seed = event.get('event'), event.get('seed')
@@ -191,9 +194,10 @@ class _Monitor:
   def read_metrics(self) -> None:
     for seed, tail in self.metrics.items():
       for record in tail.read():
-        if record.get('kind') == 'compile':
+        if record.get('kind') in ('kernel_check', 'compile'):  # the self-test runs kernels too: it may hang
           self._note_kernels(record.get('ops'))
           self.compiled_at, self.first_step_done = time.monotonic(), False
+          self.clock_from = record['kind']
         elif record.get('kind') == 'first_step':
           self.first_step_done = True
         if record.get('kind') != 'train' or 'loss' not in record or self.loss_failure is not None:
@@ -291,9 +295,13 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
                          f'limit of {limits.memory_mb} MB ({where}); avoid materialising huge tensors such as '
                          f'[T, T] per head or a state per time step', {})
   elif killed and killed[0] == 'timeout' and killed[1][0] == FIRST_STEP:
-    failure = fl.Failure(fl.TIMEOUT, f'timed out: the first training step did not finish within {killed[1][1]:.0f} '
-                         f's of compiling ({where}): a step that hangs, or a design far too slow for any budget',
-                         {'stage': FIRST_STEP})
+    if monitor.clock_from == 'kernel_check':
+      what = ('the Pallas kernel self-test (one call of each kernel against its XLA op) did not finish within '
+              f'{killed[1][1]:.0f} s ({where}): a kernel that hangs')
+    else:
+      what = (f'the first training step did not finish within {killed[1][1]:.0f} s of compiling ({where}): a step '
+              f'that hangs, or a design far too slow for any budget')
+    failure = fl.Failure(fl.TIMEOUT, f'timed out: {what}', {'stage': FIRST_STEP})
   elif killed and killed[0] == 'timeout':
     phase, limit = killed[1]
     failure = fl.Failure(fl.TIMEOUT, f'timed out: the {phase} phase ran longer than {limit:.0f} s ({where}); look '

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
+from aira_jax.ops import selftest
+
 IMPLS = ("auto", "kernel", "xla", "reference")
 _local = threading.local()
 _logged: set[tuple[str, str, str]] = set()
@@ -114,11 +116,13 @@ def kernels_set_aside() -> dict[str, str]:
 
 
 class KernelRecord(list):
-    """The ops for which a backend kernel was chosen automatically while tracing (the list), and, in `aside`,
-    those whose kernel would have been chosen but is set aside in this process ({'op@backend': why})."""
+    """The ops for which a backend kernel was chosen automatically while tracing (the list), each such call's
+    signature in `calls` (for selftest), and, in `aside`, those whose kernel would have been chosen but is set
+    aside in this process ({'op@backend': why})."""
 
     def __init__(self):
         super().__init__()
+        self.calls: list[selftest.KernelCall] = []
         self.aside: dict[str, str] = {}
 
 
@@ -240,6 +244,7 @@ def choose(op: str, impl: str | None, args: tuple, kwargs: dict) -> tuple[str, K
         if impl == "auto":
             for chosen in getattr(_local, "records", None) or ():
                 chosen.append(op)
+                chosen.calls.append(selftest.KernelCall.of(op, backend, args, kwargs, kernel.fn))
         return "kernel", kernel
     if aside is not None and kernel is not None and (kernel.applies is None or kernel.applies(*args, **kwargs)):
         for record in getattr(_local, "records", None) or ():

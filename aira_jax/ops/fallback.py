@@ -7,9 +7,11 @@ names them and the error), the step is rebuilt and compiled with the XLA ops, an
 (`ops` in its summary). If the XLA build fails too, the failure is not the kernels': they are restored and the
 first error is raised unchanged. An explicit impl='kernel' (or AIRA_JAX_OPS_IMPL=kernel) never falls back.
 
-A kernel can also compile and compute the wrong numbers. `compile_checked` (the trainer's check_kernels) runs one
-forward and backward with the kernels and with the XLA ops on the same inputs and sets the kernels aside when
-the loss or any parameter's gradient disagrees beyond what the precision explains.
+A kernel can also compile and compute the wrong numbers. By default `compile_step` then checks each kernel call
+of the step against the XLA op on random inputs, once per process and call signature (aira_jax.ops.selftest),
+and sets aside a kernel that disagrees. `compile_checked` (the trainer's check_kernels, off by default) also runs
+one forward and backward of the whole model with the kernels and with the XLA ops on the same inputs and sets
+the kernels aside when the loss or any parameter's gradient disagrees beyond what the precision explains.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aira_jax.ops import dispatch
+from aira_jax.ops import dispatch, selftest
 
 ERROR_CHARS = 600
 # Kernel vs XLA on one forward+backward: relative loss difference, and the relative RMS difference of each
@@ -35,9 +37,13 @@ def _brief(error: BaseException) -> str:
   return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + '...'
 
 
-def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> tuple[Any, Any, dict[str, Any]]:
+def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any], *, self_test: bool = True,
+                 on_self_test: Callable[[list[str]], None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
   """`build()` makes the jitted step; `compile_fn(step)` lowers and compiles it. Returns (step, compiled, ops):
-  ops = {'kernels': ops that run a backend kernel, 'set_aside': {op@backend: error} or absent}."""
+  ops = {'kernels': ops that run a backend kernel, 'set_aside': {op@backend: why} or absent, 'self_test': the
+  selftest report when kernel calls were checked}. With `self_test`, each kernel call signature of the step is
+  checked against the XLA op once per process (`on_self_test(kernels)` is told first); kernels that fail are set
+  aside and the step is compiled again."""
   step = build()
   with dispatch.record_kernels() as chosen:
     try:
@@ -47,10 +53,33 @@ def compile_step(build: Callable[[], Any], compile_fn: Callable[[Any], Any]) -> 
         raise
       first = error
     else:
-      ops: dict[str, Any] = {'kernels': sorted(set(chosen))}
-      if chosen.aside:  # set aside earlier in this process (a compile or runtime failure): these ran on XLA
-        ops['set_aside'] = dict(chosen.aside)
-      return step, compiled, ops
+      first = None
+  if first is not None:
+    return _compile_with_xla(build, compile_fn, chosen, first)
+  ops: dict[str, Any] = {'kernels': sorted(set(chosen))}
+  if chosen.aside:  # set aside earlier in this process (a compile or runtime failure): these ran on XLA
+    ops['set_aside'] = dict(chosen.aside)
+  if not self_test or not chosen.calls:
+    return step, compiled, ops
+  if on_self_test is not None:
+    on_self_test(ops['kernels'])
+  report = selftest.check_calls(chosen.calls)
+  ops['self_test'] = report
+  if not report['failed']:
+    return step, compiled, ops
+  for op, reason in sorted(report['failed'].items()):
+    dispatch.set_aside([op], f'self-test: {reason}')
+  jax.clear_caches()
+  logging.warning('Pallas kernel(s) %s failed the self-test against the XLA ops; setting them aside for this process '
+                  'and compiling with the XLA ops instead', ', '.join(sorted(report['failed'])))
+  step, compiled, again = compile_step(build, compile_fn, self_test=self_test)
+  return step, compiled, {**again, 'self_test': report}
+
+
+def _compile_with_xla(build: Callable[[], Any], compile_fn: Callable[[Any], Any], chosen: dispatch.KernelRecord,
+                      first: BaseException) -> tuple[Any, Any, dict[str, Any]]:
+  """The step failed to compile after kernels were chosen: sets them aside and compiles with the XLA ops; if that
+  fails too, the kernels are restored and the first error raised."""
   kernels = sorted(set(chosen))
   why = _brief(first)
   logging.warning('Pallas kernel(s) %s failed to compile (%s); setting them aside for this process and '
@@ -78,14 +107,16 @@ class CompileOnFirstCall:
   later calls must bring the same shapes and shardings (an evaluation step over equal batches). `.ops` says which
   kernels it runs or set aside (None before the first call)."""
 
-  def __init__(self, build: Callable[[], Any]):
+  def __init__(self, build: Callable[[], Any], *, self_test: bool = True):
     self._build = build
+    self._self_test = self_test
     self._compiled = None
     self.ops: dict[str, Any] | None = None
 
   def __call__(self, *args):
     if self._compiled is None:
-      _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile())
+      _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile(),
+                                                 self_test=self._self_test)
     return self._compiled(*args)
 
 
@@ -103,6 +134,9 @@ def merge_ops(*infos: dict[str, Any] | None) -> dict[str, Any]:
   for info in infos:
     if info and 'check' in info:
       out['check'] = info['check']
+  tests = [info['self_test'] for info in infos if info and info.get('self_test')]
+  if tests:
+    out['self_test'] = selftest.merge_reports(tests)
   return out
 
 
@@ -149,10 +183,12 @@ def compare_with_xla(make_fn: Callable[[], Callable], args: tuple, *, precision:
 
 
 def compile_checked(build: Callable[[], Any], compile_fn: Callable[[Any], Any],
-                    check: Callable[[], dict[str, Any]] | None = None) -> tuple[Any, Any, dict[str, Any]]:
-  """compile_step, then (when `check` is given and kernels were chosen) `check()` -> compare_with_xla's dict; a
-  failed check sets the kernels aside and compiles again with the XLA ops. ops gains 'check'."""
-  step, compiled, ops = compile_step(build, compile_fn)
+                    check: Callable[[], dict[str, Any]] | None = None, *, self_test: bool = True,
+                    on_self_test: Callable[[list[str]], None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+  """compile_step (its per-op self-test as asked), then (when `check` is given and kernels were chosen)
+  `check()` -> compare_with_xla's dict; a failed check sets the kernels aside and compiles again with the XLA
+  ops. ops gains 'check'."""
+  step, compiled, ops = compile_step(build, compile_fn, self_test=self_test, on_self_test=on_self_test)
   if check is None or not ops['kernels']:
     return step, compiled, ops
   result = check()

@@ -81,6 +81,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   # Before training, one forward+backward with the backend's Pallas kernels is compared with the XLA ops on the
   # same weights and tokens; a mismatch sets the kernels aside for the run (two extra compiles; single host).
   c.check_kernels = False
+  # After compiling, each Pallas kernel call of the step (op, shapes, options) is run once per process on random
+  # inputs through the kernel and the XLA op; a kernel whose outputs or gradients disagree is set aside
+  # (aira_jax.ops.selftest; seconds per call signature; single host).
+  c.check_kernel_ops = True
   # Evaluation and logging.
   c.eval_every = 500  # steps; 0 = only at the end
   c.eval_batches = 8

@@ -129,7 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
                                 builders.count_params)
   compute_dtype = jnp.dtype(tc.compute_dtype)
   eval_step = kernel_fallback.CompileOnFirstCall(
-      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype))
+      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype), self_test=tc.check_kernel_ops)
   batch_sh = shd.batch_sharding(mesh)
 
   iterator = builders.make_train_iterator(
@@ -167,15 +167,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   step = int(jax.device_get(state.step))
   start_step = step
 
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=tc.tensorboard)
   # Compile once up front: cost analysis for FLOPs, and compile time kept out of throughput. A Pallas kernel that
-  # fails to compile (or, with check_kernels, disagrees with XLA) is set aside: XLA ops (aira_jax.ops.fallback).
+  # fails to compile, or fails its self-test against the XLA op (check_kernel_ops; or with check_kernels the
+  # whole model's), is set aside: XLA ops (aira_jax.ops.fallback). Before the self-test runs the kernels, a
+  # 'kernel_check' record says which: a watcher then knows they ran if the process dies or hangs in it.
   t0 = time.time()
-  _, compiled, ops_info = kernel_fallback.compile_checked(
-      lambda: steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype, grad_accum=tc.grad_accum),
-      lambda step: step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
-          (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
-          jax.ShapeDtypeStruct((), jnp.float32)).compile(),
-      _kernel_check(tc, setup, state, model_cfg, batch_sh, compute_dtype, pc))
+  try:
+    _, compiled, ops_info = kernel_fallback.compile_checked(
+        lambda: steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype, grad_accum=tc.grad_accum),
+        lambda step: step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
+            (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
+            jax.ShapeDtypeStruct((), jnp.float32)).compile(),
+        _kernel_check(tc, setup, state, model_cfg, batch_sh, compute_dtype, pc), self_test=tc.check_kernel_ops,
+        on_self_test=lambda kernels: writer.write(step, {'ops': {'kernels': kernels}}, kind='kernel_check'))
+  except BaseException:
+    writer.close()
+    raise
   compile_seconds = time.time() - t0
   logging.info('Compiled train_step in %.1f s', compile_seconds)
   flops_per_step = metrics_lib.step_flops(compiled, setup, model_cfg, tc, tokens_per_step)
@@ -184,8 +192,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
                  'used, MFU is a lower bound', ', '.join(ops_info['kernels']))
   peak = metrics_lib.peak_flops_per_device()
   num_devices = jax.device_count()
-
-  writer = metrics_lib.MetricsWriter(workdir, tensorboard=tc.tensorboard)
   # Before the first step: what the step runs (a watcher of this file, e.g. the Engineer's parent process, then
   # knows which Pallas kernels were in use if the run fails in a step).
   writer.write(step, {'compile_seconds': compile_seconds, 'flops_per_step': flops_per_step, 'ops': ops_info},
