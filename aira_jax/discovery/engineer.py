@@ -28,10 +28,10 @@ from typing import Callable
 from absl import logging
 
 from aira_jax.discovery import failures as fl
+from aira_jax.discovery import kernel_faults
 from aira_jax.discovery.engineer_result import build_result
 from aira_jax.discovery.engineer_settings import (ConfigOverrideError, EngineerSettings, experiment_train_config,
                                                   settings_from_config)
-from aira_jax.discovery import kernel_faults
 from aira_jax.discovery.kernel_faults import TRUST_AFTER, KernelVerdicts
 from aira_jax.discovery.program_versions import record_program_version
 from aira_jax.discovery.queue import ClaimHeldError, ClaimLostError

@@ -4,8 +4,9 @@
 
 <dir>/request.json says what to run (see `training_run.ChildRequest`; `set_aside` and this device's entry of
 `set_aside_by_scope` name kernels this run must not use); progress goes to <dir>/events.jsonl as JSON lines:
-start, device (kernel_faults.scope: the device kind and software, which kernel verdicts are scoped to), seed_start, seed_done (the trainer's summary), eval_start, eval_done, error (phase, exception
-type, message, full traceback, the program line), done. The parent enforces time and memory limits, watches the
+start, device (kernel_faults.scope: the device kind and software, which kernel verdicts are scoped to),
+seed_start, seed_done (the trainer's summary), eval_start, eval_done, error (phase, exception type, message,
+full traceback, the program line), done. The parent enforces time and memory limits, watches the
 metrics JSONL for NaN and divergence, and kills this process (its whole group) when a limit is crossed.
 
 Like the Checker's sandbox, the child lowers its own core and address-space limits and installs the runtime guard
