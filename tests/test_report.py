@@ -58,7 +58,8 @@ def run_dir(tmp_path):
     store = ExperimentStore(str(tmp_path / "store.sqlite"))
     _trained(store, "seed", None, [1.35, 1.38, 1.32], src=SEED_SRC, judge=5.0)
     _trained(store, "a", "seed", [1.20], src=SEED_SRC.replace("return x", "return x * gate"), judge=8.0,
-             weak=["no local attention"], curve=((10, 1.9), (20, 1.4)), ops={"kernels": ["delta_rule"]})
+             weak=["no local attention"], curve=((10, 1.9), (20, 1.4)),
+             ops={"kernels": ["delta_rule"], "self_test": {"ok": {"delta_rule": 0.0052}, "failed": {}, "seconds": 3.1}})
     b = _trained(store, "b", "a", [1.30], src=SEED_SRC.replace("return x", "return x * gate + conv"), judge=6.0,
                  ops={"kernels": [], "set_aside": {"delta_rule@gpu": "ValueError: smem overflow"}})
     store.add_kernel_verdict(b.id, KernelVerdict(op="simple_gla", scope="NVIDIA H200 (jax 0.11.2)", verdict="fault",
@@ -111,7 +112,8 @@ def test_report_says_what_the_run_found(run_dir):
     assert "-        return x\n+        return x * gate" in card and card.count("```diff") == 1
     assert f"python -m aira_jax.gallery export --store={run_dir / 'store.sqlite'} --design=a" in card
     # Which op path each design trained with; a kernel set aside is said in the summary and on the card.
-    assert "Ops: Pallas kernels: delta_rule." in card
+    assert ("Ops: Pallas kernels: delta_rule; self-tested against the XLA ops, worst relative RMS: delta_rule "
+            "0.0052.") in card
     b_card = text.split('<a id="design-b"></a>')[1].split("<a id=")[0]
     assert "Ops: set aside for the XLA ops: delta_rule@gpu (ValueError: smem overflow)." in b_card
     assert ("**1 design(s) trained with the XLA ops because the Pallas kernel(s) delta_rule@gpu were set "

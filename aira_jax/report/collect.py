@@ -55,6 +55,8 @@ class DesignRow:
     kernels: tuple[str, ...] = ()              # ops that ran a Pallas kernel in its training
     # op@backend -> why it was set aside: a compile error, a failed numerics check or a failure at run time
     kernels_set_aside: dict[str, str] = dataclasses.field(default_factory=dict)
+    # op -> worst relative RMS error of its kernel against the XLA op in the self-test (aira_jax.ops.selftest)
+    kernels_tested: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +160,13 @@ def llm_usage(path: str) -> tuple[tuple[RoleUsage, ...], tuple[str, ...]]:
     return rows, tuple(sorted(backends))
 
 
-def ops_used(results: Any) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The ops that trained with a Pallas kernel, and the kernels set aside (XLA ops instead), over the seeds of
-    the latest result (the trainer's summary 'ops', kept per seed in the result's meta)."""
+def ops_used(results: Any) -> tuple[tuple[str, ...], dict[str, str], dict[str, float]]:
+    """The ops that trained with a Pallas kernel, the kernels set aside (XLA ops instead), and each kept kernel's
+    worst self-test error against the XLA op, over the seeds of the latest result (the trainer's summary 'ops',
+    kept per seed in the result's meta)."""
     kernels: set[str] = set()
     aside: dict[str, str] = {}
+    tested: dict[str, float] = {}
     summaries = (results[-1].meta or {}).get("summaries") if results else None
     for summary in (summaries or {}).values() if isinstance(summaries, dict) else ():
         ops = summary.get("ops") if isinstance(summary, dict) else None
@@ -170,7 +174,11 @@ def ops_used(results: Any) -> tuple[tuple[str, ...], dict[str, str]]:
             kernels.update(str(k) for k in ops.get("kernels") or ())
             if isinstance(ops.get("set_aside"), dict):
                 aside.update({str(k): str(v) for k, v in ops["set_aside"].items()})
-    return tuple(sorted(kernels)), aside
+            passed = ops.get("self_test", {}).get("ok") if isinstance(ops.get("self_test"), dict) else None
+            for op, err in (passed or {}).items() if isinstance(passed, dict) else ():
+                if isinstance(err, (int, float)):
+                    tested[str(op)] = max(tested.get(str(op), 0.0), float(err))
+    return tuple(sorted(kernels)), aside, {op: e for op, e in tested.items() if op in kernels}
 
 
 def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple[str, ...]) -> DesignRow:
@@ -184,7 +192,7 @@ def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple
     results = view.results_of(name)
     weak = analysis.meta.get("weaknesses") if analysis is not None else None
     exps = view.by_design.get(name, ())
-    kernels, aside = ops_used(results)
+    kernels, aside, tested = ops_used(results)
     return DesignRow(
         name=name, parent=d.parent, status=status, reason=reason, stage=stage,
         iteration=d.meta.get("iteration") if isinstance(d.meta.get("iteration"), int) else None,
@@ -201,7 +209,7 @@ def _design_row(view: StoreView, name: str, z_parent: float | None, flags: tuple
         cognition=tuple(i for i, _ in view.cognition_of(name)),
         loss_curve=tuple(results[-1].loss_curve) if results else (), source=d.source,
         created_at=exps[0].created_at if exps else d.created_at, flags=flags, kernels=kernels,
-        kernels_set_aside=aside)
+        kernels_set_aside=aside, kernels_tested=tested)
 
 
 def fitness_rules(cfg: Any, *, inferred: bool = False) -> str:

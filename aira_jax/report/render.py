@@ -173,6 +173,9 @@ def design_card(rep: RunReport, d: DesignRow, rank: int) -> list[str]:
         out += ["Benchmarks: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(d.benchmarks.items())), ""]
     if d.kernels or d.kernels_set_aside:
         ops = [f"Pallas kernels: {', '.join(d.kernels)}"] if d.kernels else []
+        if d.kernels_tested:
+            ops.append("self-tested against the XLA ops, worst relative RMS: "
+                       + ", ".join(f"{op} {err:.2g}" for op, err in sorted(d.kernels_tested.items())))
         ops += [f"set aside for the XLA ops: {k} ({_cell(v)[:200]})" for k, v in sorted(d.kernels_set_aside.items())]
         out += ["Ops: " + "; ".join(ops) + ".", ""]
     out += ["**Motivation**", "", *_quote(d.motivation or "(none recorded)"), ""]
