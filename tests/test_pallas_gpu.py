@@ -128,3 +128,24 @@ def test_gpu_kernel_is_the_automatic_choice(op):
     auto = getattr(ops, op)(*args)
     forced = getattr(ops, op)(*args, impl="kernel")
     assert rel_rms(auto, forced) == 0.0
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_the_kernel_self_test_passes_the_compiled_kernel(op):
+    """The check every training run makes before its first step (aira_jax.ops.selftest) does not set aside a
+    correct kernel on the hardware: a bf16 call with a ragged length and states, and one at D = 128, each far
+    inside the self-test's tolerance. Prints the errors and seconds (the self-test's cost per signature)."""
+    from aira_jax.ops import selftest
+    entry = gpu_kernel(op)
+    argnames, _ = OPS[op]
+    for b, t, h, dk, dv, with_state in CASES.values():
+        seq = [jax.ShapeDtypeStruct((b, t, h, dv if n == "v" else dk), jnp.bfloat16) for n in argnames[:3]]
+        gates = [jax.ShapeDtypeStruct((b, t, h), jnp.bfloat16) for _ in argnames[3:]]
+        state = jax.ShapeDtypeStruct((b, h, dk, dv), jnp.float32) if with_state else None
+        call = selftest.KernelCall.of(op, "gpu", tuple(seq + gates), dict(
+            scale=None, initial_state=state, output_final_state=with_state, chunk_size=64), entry.fn)
+        verdict = selftest.check_call(call)
+        print(f"self-test {verdict['call']}: worst {verdict['worst']} {verdict['max_rel_err']:.2e}, "
+              f"{verdict['seconds']:.1f} s")
+        assert verdict["ok"] and not verdict.get("skipped"), verdict
+        assert verdict["max_rel_err"] < 0.25 * verdict["tolerance"], verdict
