@@ -270,6 +270,13 @@ def test_the_self_test_draws_inputs_like_the_call_and_checks_each_signature_once
   selftest.check_calls([other])
   assert runs == [small, other]
 
+  def broken(c):
+    raise RuntimeError('planted trouble in the check itself')
+  monkeypatch.setattr(selftest, 'check_call', broken)
+  third = dataclasses.replace(small, kernel=_scaled_delta_rule)
+  report = selftest.check_calls([third])  # never raises out: the kernel stays, said unchecked
+  assert report['failed'] == {} and 'planted trouble' in report['skipped']['delta_rule']
+
 
 def test_the_self_test_passes_the_real_gpu_kernel_interpreted(cpu_kernels):
   """No false alarm: the Mosaic GPU delta-rule kernel in the GPU interpreter, bf16, with an initial and a final

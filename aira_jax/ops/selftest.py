@@ -35,7 +35,8 @@ from absl import logging
 
 SEQ_CAP = 256  # longest sequence checked (plus T % 128): 4 chunks of 64, 2 blocks of 128
 # Relative RMS error of each output and gradient, kernel vs XLA, by input precision. A correct bf16 kernel
-# differs from the XLA op by ~1e-2 (a different summation order in bf16 inputs, fp32 state); a wrong one by O(1).
+# differs from the XLA op by ~5e-3 (the Mosaic GPU kernels, interpreted: 3.4e-3 to 5.8e-3; another summation
+# order over bf16 inputs); a wrong one by O(1) (outputs 1.5x: 0.5; keys one position late: 1.4).
 TOLERANCE = {'low': 0.1, 'float32': 2e-2}
 
 
@@ -61,7 +62,7 @@ class KernelCall:
     [B, T, ...] sequences; array options, the initial state, are [B, ...]). Calls that reduce alike share a
     verdict: an evaluation's many length buckets cost a few checks, not one each."""
     def cut(x, seq: bool):
-      if not isinstance(x, jax.ShapeDtypeStruct):
+      if not isinstance(x, jax.ShapeDtypeStruct) or len(x.shape) < (2 if seq else 1):
         return x
       rest = (checked_length(x.shape[1]),) + tuple(x.shape[2:]) if seq else tuple(x.shape[1:])
       return jax.ShapeDtypeStruct((1,) + rest, x.dtype)
@@ -216,17 +217,17 @@ def check_calls(calls: list[KernelCall]) -> dict[str, Any]:
       if call.op not in RECIPES:
         report['skipped'][call.op] = 'no self-test recipe for this op'
         continue
-      key = call.reduced()
-      verdict = _checked.get(key)
-      if verdict is None:
-        verdict = _checked[key] = check_call(call)
-        if verdict.get('skipped'):
-          logging.warning('Kernel self-test: %s not checked: %s', verdict['call'], verdict['skipped'])
-        elif verdict['ok']:
-          logging.info('Kernel self-test: %s agrees with the XLA op (worst relative RMS %.2g, %.1f s)',
-                       verdict['call'], verdict['max_rel_err'], verdict['seconds'])
-        else:
-          logging.warning('Kernel self-test: %s', verdict['reason'])
+      try:
+        key = call.reduced()
+        verdict = _checked.get(key)
+        fresh = verdict is None
+        if fresh:
+          verdict = _checked[key] = check_call(call)
+      except Exception as e:  # noqa: BLE001  (the check's own trouble must never stop a run)
+        fresh, verdict = True, {'ok': True, 'call': call.describe(), 'max_rel_err': 0.0,
+                                'skipped': f'the self-test could not run: {type(e).__name__}: {str(e)[:300]}'}
+      if fresh:
+        _log(verdict)
       if verdict.get('skipped'):
         report['skipped'].setdefault(call.op, verdict['skipped'])
       elif not verdict['ok']:
@@ -236,6 +237,16 @@ def check_calls(calls: list[KernelCall]) -> dict[str, Any]:
   for op in report['failed']:
     report['ok'].pop(op, None)
   return {**report, 'seconds': time.monotonic() - t0}
+
+
+def _log(verdict: dict[str, Any]) -> None:
+  if verdict.get('skipped'):
+    logging.warning('Kernel self-test: %s not checked: %s', verdict['call'], verdict['skipped'])
+  elif verdict['ok']:
+    logging.info('Kernel self-test: %s agrees with the XLA op (worst relative RMS %.2g, %.1f s)',
+                 verdict['call'], verdict['max_rel_err'], verdict['seconds'])
+  else:
+    logging.warning('Kernel self-test: %s', verdict['reason'])
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
