@@ -9,16 +9,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import json
 import math
-import re
 from typing import Any, Mapping, Sequence
 
+from aira_jax.discovery.record_fields import (Record, as_str, float_dict, json_dict, names, opt_float, opt_int,
+                                              set_field, validate_name)
 from aira_jax.discovery.status import (LEGAL_TRANSITIONS, STATUSES_NEEDING_REASON, TERMINAL_STATUSES,  # noqa: F401
                                        IllegalTransitionError, RecordError, Status, check_transition, parse_status)
-
-# Names end up in file paths (gallery export) and prompts, so keep them to a safe alphabet.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class DesignKind(str, enum.Enum):
@@ -31,120 +28,9 @@ def program_hash(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-def validate_name(name: Any, what: str = "design name") -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RecordError(
-            f"invalid {what} {name!r}: use 1-128 characters from [A-Za-z0-9_.-], starting with a letter or digit")
-    return name
-
-
-# ----------------------------------------------------------------------------------------------- validators
-def _str(value: Any, field: str, *, required: bool = False) -> str:
-    if not isinstance(value, str):
-        raise RecordError(f"{field} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RecordError(f"{field} must not be empty")
-    return value
-
-
-def _opt_float(value: Any, field: str, *, nonneg: bool = False) -> float | None:
-    """None means 'not measured'; NaN/inf are kept (a diverged run) and handled by fitness."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:  # numpy scalars
-            value = float(value)
-        except (TypeError, ValueError):
-            raise RecordError(f"{field} must be a number or None, got {value!r}") from None
-    value = float(value)
-    if nonneg and value < 0:
-        raise RecordError(f"{field} must be >= 0, got {value}")
-    return value
-
-
-def _opt_int(value: Any, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if hasattr(value, "__index__"):
-            value = value.__index__()
-        else:
-            raise RecordError(f"{field} must be an integer or None, got {value!r}")
-    if value < 0:
-        raise RecordError(f"{field} must be >= 0, got {value}")
-    return int(value)
-
-
-def _json_dict(value: Any, field: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise RecordError(f"{field} must be a mapping, got {type(value).__name__}")
-    value = dict(value)
-    try:
-        json.dumps(value, allow_nan=True)
-    except (TypeError, ValueError) as e:
-        raise RecordError(f"{field} must be JSON-serialisable: {e}") from None
-    return value
-
-
-def _float_dict(value: Any, field: str) -> dict[str, float | None]:
-    """A name -> number mapping (numpy scalars accepted); values become Python floats."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise RecordError(f"{field} must be a mapping, got {type(value).__name__}")
-    return {str(k): _opt_float(v, f"{field}[{k!r}]") for k, v in value.items()}
-
-
-def _names(value: Any, field: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise RecordError(f"{field} must be a list of names, got {value!r}")
-    names = tuple(validate_name(v, f"name in {field}") for v in value)
-    if len(set(names)) != len(names):
-        raise RecordError(f"{field} has duplicates: {list(names)}")
-    return names
-
-
-def _set(obj: Any, name: str, value: Any) -> None:
-    object.__setattr__(obj, name, value)  # frozen dataclasses normalise their own fields in __post_init__
-
-
-class _Record:
-    """JSON (de)serialisation shared by the records; NaN survives as Python's json writes it."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if isinstance(v, enum.Enum):
-                v = v.value
-            elif isinstance(v, tuple):
-                v = [list(x) if isinstance(x, tuple) else (x.to_dict() if isinstance(x, _Record) else x) for x in v]
-            out[f.name] = v
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(data) - names
-        if unknown:
-            raise RecordError(f"{cls.__name__} has no fields {sorted(unknown)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=True, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
-
-
 # ----------------------------------------------------------------------------------------------- records
 @dataclasses.dataclass(frozen=True)
-class Design(_Record):
+class Design(Record):
     """A candidate architecture: a design program or a composition, with its place in the lineage."""
     name: str
     kind: DesignKind
@@ -160,20 +46,20 @@ class Design(_Record):
     def __post_init__(self):
         validate_name(self.name)
         try:
-            _set(self, "kind", DesignKind(self.kind))
+            set_field(self, "kind", DesignKind(self.kind))
         except ValueError:
             raise RecordError(f"design kind must be 'program' or 'composition', got {self.kind!r}") from None
-        _str(self.source, "design source", required=True)
-        _str(self.motivation, "motivation")
-        _str(self.summary, "summary")
+        as_str(self.source, "design source", required=True)
+        as_str(self.motivation, "motivation")
+        as_str(self.summary, "summary")
         if self.parent is not None:
             validate_name(self.parent, "parent name")
             if self.parent == self.name:
                 raise RecordError(f"design {self.name!r} cannot be its own parent")
-        _set(self, "references", _names(self.references, "references"))
+        set_field(self, "references", names(self.references, "references"))
         if self.name in self.references:
             raise RecordError(f"design {self.name!r} cannot reference itself")
-        _set(self, "meta", _json_dict(self.meta, "design meta"))
+        set_field(self, "meta", json_dict(self.meta, "design meta"))
 
     @property
     def program_hash(self) -> str:
@@ -181,7 +67,7 @@ class Design(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment(_Record):
+class Experiment(Record):
     """One training-and-evaluation run of a design at one scale; the unit of work workers claim."""
     design: str
     status: Status = Status.PROPOSED
@@ -198,13 +84,13 @@ class Experiment(_Record):
 
     def __post_init__(self):
         validate_name(self.design)
-        _set(self, "status", parse_status(self.status, "experiment status"))
-        _str(self.reason, "reason")
+        set_field(self, "status", parse_status(self.status, "experiment status"))
+        as_str(self.reason, "reason")
         validate_name(self.scale, "scale")
-        _set(self, "config", _json_dict(self.config, "experiment config"))
+        set_field(self, "config", json_dict(self.config, "experiment config"))
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise RecordError(f"priority must be an integer, got {self.priority!r}")
-        _opt_int(self.attempts, "attempts")
+        opt_int(self.attempts, "attempts")
 
     @property
     def terminal(self) -> bool:
@@ -212,7 +98,7 @@ class Experiment(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Result(_Record):
+class Result(Record):
     """Measured outcome of an experiment (aggregated over its seeds)."""
     loss_curve: tuple[tuple[int, float], ...] = ()  # (step, training loss)
     val_loss: float | None = None                   # mean over seeds; NaN = diverged, None = not measured
@@ -234,25 +120,25 @@ class Result(_Record):
         for i, point in enumerate(self.loss_curve or ()):
             if not isinstance(point, Sequence) or len(point) != 2:
                 raise RecordError(f"loss_curve[{i}] must be a (step, loss) pair, got {point!r}")
-            curve.append((_opt_int(point[0], f"loss_curve[{i}] step"), _opt_float(point[1], f"loss_curve[{i}] loss")))
-        _set(self, "loss_curve", tuple(curve))
-        _set(self, "val_loss", _opt_float(self.val_loss, "val_loss", nonneg=True))
-        _set(self, "bpb", _opt_float(self.bpb, "bpb", nonneg=True))
-        _set(self, "benchmark_scores", _float_dict(self.benchmark_scores, "benchmark_scores"))
-        _set(self, "num_params", _opt_int(self.num_params, "num_params"))
-        _set(self, "tokens", _opt_int(self.tokens, "tokens"))
-        _set(self, "throughput", _opt_float(self.throughput, "throughput", nonneg=True))
-        _set(self, "wall_time_s", _opt_float(self.wall_time_s, "wall_time_s", nonneg=True))
+            curve.append((opt_int(point[0], f"loss_curve[{i}] step"), opt_float(point[1], f"loss_curve[{i}] loss")))
+        set_field(self, "loss_curve", tuple(curve))
+        set_field(self, "val_loss", opt_float(self.val_loss, "val_loss", nonneg=True))
+        set_field(self, "bpb", opt_float(self.bpb, "bpb", nonneg=True))
+        set_field(self, "benchmark_scores", float_dict(self.benchmark_scores, "benchmark_scores"))
+        set_field(self, "num_params", opt_int(self.num_params, "num_params"))
+        set_field(self, "tokens", opt_int(self.tokens, "tokens"))
+        set_field(self, "throughput", opt_float(self.throughput, "throughput", nonneg=True))
+        set_field(self, "wall_time_s", opt_float(self.wall_time_s, "wall_time_s", nonneg=True))
         seeds = tuple(self.seeds or ())
         for s in seeds:
             if isinstance(s, bool) or not hasattr(s, "__index__"):
                 raise RecordError(f"seeds must be integers, got {s!r}")
-        _set(self, "seeds", tuple(s.__index__() for s in seeds))
-        per_seed = tuple(_opt_float(v, "val_loss_per_seed", nonneg=True) for v in (self.val_loss_per_seed or ()))
+        set_field(self, "seeds", tuple(s.__index__() for s in seeds))
+        per_seed = tuple(opt_float(v, "val_loss_per_seed", nonneg=True) for v in (self.val_loss_per_seed or ()))
         if per_seed and len(per_seed) != len(seeds):
             raise RecordError(f"val_loss_per_seed has {len(per_seed)} values for {len(seeds)} seeds")
-        _set(self, "val_loss_per_seed", per_seed)
-        _set(self, "meta", _json_dict(self.meta, "result meta"))
+        set_field(self, "val_loss_per_seed", per_seed)
+        set_field(self, "meta", json_dict(self.meta, "result meta"))
 
     @property
     def benchmark_mean(self) -> float | None:
@@ -271,7 +157,7 @@ class Result(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Analysis(_Record):
+class Analysis(Record):
     """The Analyst's reading of an experiment against its parent and siblings."""
     text: str
     compared_with: tuple[str, ...] = ()  # names of the designs it was compared against
@@ -281,13 +167,13 @@ class Analysis(_Record):
     created_at: float | None = None
 
     def __post_init__(self):
-        _str(self.text, "analysis text", required=True)
-        _set(self, "compared_with", _names(self.compared_with, "compared_with"))
-        _set(self, "meta", _json_dict(self.meta, "analysis meta"))
+        as_str(self.text, "analysis text", required=True)
+        set_field(self, "compared_with", names(self.compared_with, "compared_with"))
+        set_field(self, "meta", json_dict(self.meta, "analysis meta"))
 
 
 @dataclasses.dataclass(frozen=True)
-class JudgeScore(_Record):
+class JudgeScore(Record):
     """An LLM judge's sub-scores on the 1-10 scale and their weighted total (the weighted mean)."""
     sub_scores: dict[str, float]
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # empty = equal weights
@@ -298,7 +184,7 @@ class JudgeScore(_Record):
     created_at: float | None = None
 
     def __post_init__(self):
-        scores = _float_dict(self.sub_scores, "sub_scores")
+        scores = float_dict(self.sub_scores, "sub_scores")
         if not scores:
             raise RecordError("a judge score needs at least one sub-score")
         clean = {}
@@ -306,17 +192,17 @@ class JudgeScore(_Record):
             if v is None or not 1.0 <= v <= 10.0:  # NaN fails this comparison too
                 raise RecordError(f"sub-score {k!r} must be in [1, 10], got {v}")
             clean[str(k)] = v
-        _set(self, "sub_scores", clean)
-        weights = _float_dict(self.weights, "weights")
+        set_field(self, "sub_scores", clean)
+        weights = float_dict(self.weights, "weights")
         if weights:
             if set(weights) != set(clean):
                 raise RecordError(f"weights keys {sorted(weights)} must match sub-score keys {sorted(clean)}")
             if not all(w is not None and math.isfinite(w) and w >= 0 for w in weights.values()) \
                     or sum(weights.values()) <= 0:
                 raise RecordError(f"weights must be finite with a positive sum, got {weights}")
-        _set(self, "weights", weights)
-        _str(self.rationale, "rationale")
-        _str(self.judge, "judge")
+        set_field(self, "weights", weights)
+        as_str(self.rationale, "rationale")
+        as_str(self.judge, "judge")
 
     @property
     def total(self) -> float:
@@ -329,7 +215,7 @@ KERNEL_CLEARED = "cleared"  # the run failed the same way without it: the failur
 
 
 @dataclasses.dataclass(frozen=True)
-class KernelVerdict(_Record):
+class KernelVerdict(Record):
     """What a retry without a Pallas kernel found about it (see aira_jax.discovery.kernel_faults), in a scope: the
     device kind and the jax, jaxlib and aira-jax versions of the run."""
     op: str                  # the op whose kernel ran, e.g. 'delta_rule'
@@ -343,27 +229,27 @@ class KernelVerdict(_Record):
 
     def __post_init__(self):
         validate_name(self.op, "kernel op")
-        _str(self.scope, "kernel verdict scope", required=True)
+        as_str(self.scope, "kernel verdict scope", required=True)
         if self.verdict not in (KERNEL_FAULT, KERNEL_CLEARED):
             raise RecordError(f"kernel verdict must be {KERNEL_FAULT!r} or {KERNEL_CLEARED!r}, got {self.verdict!r}")
-        _str(self.reason, "kernel verdict reason")
-        _str(self.worker, "kernel verdict worker")
+        as_str(self.reason, "kernel verdict reason")
+        as_str(self.worker, "kernel verdict worker")
 
 
 @dataclasses.dataclass(frozen=True)
-class CognitionEntry(_Record):
+class CognitionEntry(Record):
     entry_id: str
     text: str
     score: float | None = None  # retrieval similarity
 
     def __post_init__(self):
-        _str(self.entry_id, "cognition entry_id", required=True)
-        _str(self.text, "cognition text")
-        _set(self, "score", _opt_float(self.score, "cognition score"))
+        as_str(self.entry_id, "cognition entry_id", required=True)
+        as_str(self.text, "cognition text")
+        set_field(self, "score", opt_float(self.score, "cognition score"))
 
 
 @dataclasses.dataclass(frozen=True)
-class CognitionRetrieval(_Record):
+class CognitionRetrieval(Record):
     """Which knowledge entries were retrieved for an experiment, at which stage, for which query."""
     entries: tuple[CognitionEntry, ...]
     stage: str = "proposal"  # 'proposal' | 'analysis' | any other agent step
@@ -380,9 +266,9 @@ class CognitionRetrieval(_Record):
             if not isinstance(e, CognitionEntry):
                 raise RecordError(f"cognition entries must be CognitionEntry or mappings, got {e!r}")
             entries.append(e)
-        _set(self, "entries", tuple(entries))
+        set_field(self, "entries", tuple(entries))
         validate_name(self.stage, "cognition stage")
-        _str(self.query, "cognition query")
+        as_str(self.query, "cognition query")
 
 
 @dataclasses.dataclass(frozen=True)
