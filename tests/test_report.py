@@ -119,7 +119,7 @@ def test_report_says_what_the_run_found(run_dir):
     assert ("**1 design(s) trained with the XLA ops because the Pallas kernel(s) delta_rule@gpu were set "
             "aside**") in text.split("## Leaderboard")[0]
     # The store's kernel verdicts: a kernel found faulty at run time is named with where and why; a clearance is not.
-    assert re.search(r"Kernel found faulty at run time, set aside from then on in every run on that device: "
+    assert re.search(r"Kernel found faulty at run time, set aside in every later run with that device and software: "
                      r"simple_gla on NVIDIA H200 \(jax 0\.11\.2\) \(experiment \d+: runtime failure in experiment 2 "
                      r"\(nan: loss\)\)\.", text)
     assert text.count("Kernel found faulty") == 1

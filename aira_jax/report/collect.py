@@ -53,7 +53,7 @@ class DesignRow:
     created_at: float | None
     flags: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()              # ops that ran a Pallas kernel in its training
-    # op@backend -> why it was set aside: a compile error, a failed numerics check or a failure at run time
+    # op@backend -> why it was set aside: a compile error, a failed self-test or numerics check, a run-time failure
     kernels_set_aside: dict[str, str] = dataclasses.field(default_factory=dict)
     # op -> worst relative RMS error of its kernel against the XLA op in the self-test (aira_jax.ops.selftest)
     kernels_tested: dict[str, float] = dataclasses.field(default_factory=dict)

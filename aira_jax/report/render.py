@@ -72,10 +72,11 @@ def summary_lines(rep: RunReport) -> list[str]:
     if aside:
         hit = sum(1 for d in rep.designs if d.kernels_set_aside)
         lines.append(f"**{hit} design(s) trained with the XLA ops because the Pallas kernel(s) {', '.join(aside)} "
-                     f"were set aside** (their cards say why: a compile failure, a failed numerics check or a "
-                     f"failure at run time): their tokens/s is not comparable with kernel runs.")
+                     f"were set aside** (their cards say why: a compile failure, a failed self-test or numerics "
+                     f"check, or a failure at run time): their tokens/s is not comparable with kernel runs.")
     for fault in rep.kernel_faults:
-        lines.append(f"Kernel found faulty at run time, set aside from then on in every run on that device: {fault}.")
+        lines.append(f"Kernel found faulty at run time, set aside in every later run with that device and "
+                     f"software: {fault}.")
     cost = sum(u.cost_usd for u in rep.llm)
     if rep.llm:
         lines.append(f"LLM: {sum(u.calls for u in rep.llm)} calls, ${cost:.4f}.")
