@@ -283,9 +283,9 @@ class Engineer:
       retry.failure.diagnostics['kernel_retry'] = note
       logging.info('Engineer %s: experiment %d fails with the XLA ops too (%s): not the kernels\' fault',
                    self.worker_id, exp.id, retry.failure.kind)
-      was_trusted = set(self.kernel_verdicts().trusted(scope))
       self._add_kernel_verdicts(exp, failed.kernels, scope, KERNEL_CLEARED, why)
-      for op in sorted(set(self.kernel_verdicts().trusted(scope)) - was_trusted):
+      cleared = self.kernel_verdicts().cleared(scope)
+      for op in sorted(op for op in failed.kernels if cleared.get(op) == TRUST_AFTER):  # trusted just now
         logging.info('Engineer %s: the %s kernel was cleared %d times; its failures are no longer retried',
                      self.worker_id, op, TRUST_AFTER)
     return retry, note

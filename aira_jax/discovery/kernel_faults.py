@@ -97,5 +97,5 @@ class KernelVerdicts:
 
   def worth_retrying(self, scope_: str, kernels: Iterable[str]) -> bool:
     """Whether a suspect failure with these kernels is retried: one of them is not trusted yet in this scope."""
-    cleared = self._cleared.get(scope_, {})
-    return any(cleared.get(op, 0) < TRUST_AFTER for op in kernels)
+    trusted = set(self.trusted(scope_))
+    return any(op not in trusted for op in kernels)
