@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from aira_jax.discovery import policy
+from aira_jax.discovery import policy, runtime_guard
 from aira_jax.discovery.gates import GateSettings
 from aira_jax.discovery.sandbox import check_program, child_env
 from aira_jax.models import BASELINES, baseline_source
@@ -245,7 +245,8 @@ import json, sys
 import jax, jax.numpy as jnp
 from aira_jax import ops
 from aira_jax.ops import dispatch
-from aira_jax.discovery.policy import DESIGN_FILENAME_PREFIX, RuntimeGuard
+from aira_jax.discovery.policy import DESIGN_FILENAME_PREFIX
+from aira_jax.discovery.runtime_guard import RuntimeGuard
 
 jax.default_backend = lambda: 'gpu'  # as on a GPU machine: the kernels a guarded child must preload are the GPU ones
 if sys.argv[1] == 'lazy':
@@ -297,7 +298,7 @@ def test_directory_listings_follow_the_rules_of_reads():
   import): allowed inside the library roots. The program listing a folder itself, or anything outside the
   libraries, is refused. (Called on an uninstalled guard: an installed audit hook is permanent.)"""
   import os
-  guard = policy.RuntimeGuard()
+  guard = runtime_guard.RuntimeGuard()
   library = os.path.dirname(os.__file__)
   importer = {'__name__': 'importlib._test_finder', 'guard': guard}
   exec('def list_dir(path):\n  guard._audit("os.listdir", (path,))\n', importer)
@@ -307,7 +308,7 @@ def test_directory_listings_follow_the_rules_of_reads():
   program['via_import'](library)
   assert guard.drain() == []
   for call, path in ((program['via_import'], '/etc'), (program['direct'], library)):
-    with pytest.raises(policy.PolicyError):
+    with pytest.raises(runtime_guard.PolicyError):
       call(path)
   refused = guard.drain()
   assert refused == ["os.listdir('/etc')", f'os.scandir({library!r})'], refused

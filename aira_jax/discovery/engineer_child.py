@@ -10,7 +10,7 @@ full traceback, the program line), done. The parent enforces time and memory lim
 metrics JSONL for NaN and divergence, and kills this process (its whole group) when a limit is crossed.
 
 Like the Checker's sandbox, the child lowers its own core and address-space limits and installs the runtime guard
-(aira_jax.discovery.policy.RuntimeGuard) after JAX, the trainer and the harness are imported and before the design
+(aira_jax.discovery.runtime_guard.RuntimeGuard) after JAX, the trainer and the harness are imported and before the design
 program is loaded, so the program's own code cannot touch files, processes or the network while it trains.
 """
 from __future__ import annotations
@@ -133,7 +133,7 @@ def child_main(workdir: str) -> int:
     from aira_jax.evaluate import harness  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from aira_jax.evaluate import restore  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from aira_jax.train import trainer  # pylint: disable=import-outside-toplevel
-    from aira_jax.discovery.policy import RuntimeGuard  # pylint: disable=import-outside-toplevel
+    from aira_jax.discovery.runtime_guard import RuntimeGuard  # pylint: disable=import-outside-toplevel
     trainer.default_builders()  # imports aira_jax.data and aira_jax.models
     scope = kernel_faults.scope(jax.devices()[0].device_kind)
     events.emit('device', scope=scope)

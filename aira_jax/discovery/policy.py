@@ -6,20 +6,14 @@ and may not touch files, the network, processes or threads. Two layers enforce t
 * `check_source` (static, ast): forbidden imports, builtins (open, exec, eval, ...), dunder escapes
   (__subclasses__, __globals__, ...), getattr tricks, module attributes that lead to the OS (typing.sys,
   numpy.load, jax.config, ...) and monkeypatching of imported modules. Pure Python, no JAX: the parent runs it.
-* `RuntimeGuard` (in the sandboxed child): an audit hook that refuses open / socket / subprocess / os.system /
-  exec / fork / thread creation events while the program's code (compiled with a filename '<design:NAME>') is
-  on the call stack, and an `__import__` wrapper that applies the import allow-list to the program's own imports.
-  Once installed it cannot be removed, so it only ever runs in a throwaway child process.
+* `aira_jax.discovery.runtime_guard.RuntimeGuard` (in the sandboxed child): an audit hook and an `__import__`
+  wrapper that refuse the same things at run time, using the allow-list defined here.
 """
 from __future__ import annotations
 
 import ast
-import builtins
 import dataclasses
-import os
 import re
-import sys
-from collections.abc import Iterable
 
 DESIGN_FILENAME_PREFIX = '<design:'
 ALLOWED_MODULES = frozenset({'jax', 'flax', 'einops', 'numpy', 'math', 'functools', 'typing', 'dataclasses'})
@@ -81,8 +75,8 @@ class PolicyViolation:
     return f'line {self.lineno}: {self.what} ({self.why})'
 
 
-def _module_allowed(module: str) -> str | None:
-  """None when `module` may be imported, else why not."""
+def module_allowed(module: str) -> str | None:
+  """None when `module` may be imported, else why not (shared with the runtime guard)."""
   parts = module.split('.')
   if parts[0] == 'aira_jax':
     if module == 'aira_jax.ops':
@@ -92,12 +86,12 @@ def _module_allowed(module: str) -> str | None:
     return f'`{parts[0]}` is not an allowed import; {ALLOWED_HINT}'
   if any(p.startswith('_') for p in parts[1:]):
     return 'private modules are not allowed; use the public API'
-  if _path_forbidden(module) or any(p in FORBIDDEN_ATTRS for p in parts[1:]):
+  if path_forbidden(module) or any(p in FORBIDDEN_ATTRS for p in parts[1:]):
     return 'this module does I/O, loads native code or reconfigures JAX'
   return None
 
 
-def _path_forbidden(path: str) -> bool:
+def path_forbidden(path: str) -> bool:
   return any(path == p or path.startswith(p + '.') for p in FORBIDDEN_MODULE_PATHS)
 
 
@@ -116,7 +110,7 @@ class _Checker(ast.NodeVisitor):
   # Imports.
   def visit_Import(self, node: ast.Import) -> None:
     for alias in node.names:
-      why = _module_allowed(alias.name)
+      why = module_allowed(alias.name)
       if why:
         self._bad(node, f'`import {alias.name}`', why)
       elif alias.name == 'aira_jax.ops' and not alias.asname:
@@ -143,8 +137,8 @@ class _Checker(ast.NodeVisitor):
       elif module == 'aira_jax.ops':
         why = None if not alias.name.startswith('_') and alias.name != 'dispatch' else 'not part of the ops API'
       else:
-        why = _module_allowed(module)
-        if why is None and (alias.name.startswith('_') or _path_forbidden(full) or alias.name in FORBIDDEN_ATTRS
+        why = module_allowed(module)
+        if why is None and (alias.name.startswith('_') or path_forbidden(full) or alias.name in FORBIDDEN_ATTRS
                             or alias.name in IO_FUNCTIONS):
           why = 'this name does I/O, reaches the OS or is private'
       if why:
@@ -183,7 +177,7 @@ class _Checker(ast.NodeVisitor):
       if path is not None:
         if any(p.startswith('_') for p in path.split('.')[1:]):
           self._bad(node, f'`{path}`', 'private module attributes are not allowed; use the public API')
-        elif _path_forbidden(path) or attr in IO_FUNCTIONS:
+        elif path_forbidden(path) or attr in IO_FUNCTIONS:
           self._bad(node, f'`{path}`', 'does file I/O, loads native code or reconfigures JAX')
         elif isinstance(node.ctx, (ast.Store, ast.Del)):
           self._bad(node, f'assignment to `{path}`', 'design programs may not patch imported modules')
@@ -277,151 +271,3 @@ def policy_reason(violations: list[PolicyViolation], limit: int = 8) -> str:
   more = f' (+{len(violations) - limit} more)' if len(violations) > limit else ''
   return (f'the program breaks the design-program policy: {listed}{more}. Design programs may only compute: no '
           f'files, network, processes, threads or interpreter internals.')
-
-
-# ----------------------------------------------------------------------------------------------- runtime guard
-
-# Audit events refused whenever the program's code is anywhere on the call stack.
-_DENY_PREFIXES = (
-    'subprocess.', 'os.system', 'os.exec', 'os.posix_spawn', 'os.spawn', 'os.fork', 'os.forkpty', 'os.kill',
-    'os.killpg', 'os.remove', 'os.unlink', 'os.rename', 'os.rmdir', 'os.mkdir', 'os.chmod', 'os.chown',
-    'os.lchown', 'os.truncate', 'os.symlink', 'os.link', 'os.utime', 'os.listdir', 'os.scandir', 'os.chdir',
-    'os.putenv', 'os.unsetenv', 'os.chflags', 'os.startfile', 'os.add_dll_directory', 'pty.', 'socket.',
-    'ctypes.', '_thread.start_new_thread', 'shutil.', 'urllib.', 'http.client.', 'ftplib.', 'smtplib.',
-    'poplib.', 'imaplib.', 'nntplib.', 'telnetlib.', 'webbrowser.', 'sqlite3.', 'mmap.', 'resource.setrlimit',
-    'resource.prlimit', 'glob.', 'tempfile.', 'signal.', 'sys.settrace', 'sys.setprofile', 'sys._current_frames',
-    'pickle.', 'code.__new__', 'function.__new__', 'cpython.remote_debugger_script')
-# Refused only when the program itself is the direct caller: libraries legitimately use them (dataclasses
-# execs generated code, frames are read for tracebacks).
-_DIRECT_DENY = ('exec', 'compile', 'object.__getattr__', 'object.__setattr__', 'object.__delattr__')
-# Frames of machinery that may read files on the program's behalf (lazy imports, source lines for tracebacks).
-_TRUSTED_READERS = ('importlib', 'zipimport', 'linecache', 'tokenize', 'traceback')
-# Directory listings the import machinery makes while it looks for a module (a namespace package, a lazy import
-# of a library's submodule): allowed like its reads, inside the library roots only.
-_LISTINGS = ('os.listdir', 'os.scandir')
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-class PolicyError(PermissionError):
-  """Raised inside the child when the program attempts something the policy forbids."""
-
-
-def _is_program(frame) -> bool:
-  # The loader sets the program module's __file__ to '<design:NAME>'. f_globals, unlike f_code, raises no audit
-  # event, so the hook never re-enters itself.
-  file = frame.f_globals.get('__file__')
-  return isinstance(file, str) and file.startswith(DESIGN_FILENAME_PREFIX)
-
-
-def _library_roots() -> tuple[str, ...]:
-  """Directories lazy imports and traceback formatting may read from: the interpreter, site-packages, sys.path."""
-  roots = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-  roots.update(p for p in sys.path if p and os.path.isabs(p))
-  return tuple(os.path.join(os.path.realpath(r), '') for r in roots if r)
-
-
-def _read_only(args: tuple) -> bool:
-  mode = args[1] if len(args) > 1 else None
-  flags = args[2] if len(args) > 2 else 0
-  if isinstance(mode, str):
-    return not any(c in mode for c in 'wax+')
-  return not (isinstance(flags, int) and flags & _WRITE_FLAGS)
-
-
-class RuntimeGuard:
-  """Installs the audit hook and import wrapper once per process; records every refused attempt."""
-
-  _installed: 'RuntimeGuard | None' = None
-
-  def __init__(self):
-    self.violations: list[str] = []
-    self._real_import = builtins.__import__
-    self._library_roots = _library_roots()
-
-  @classmethod
-  def install(cls) -> 'RuntimeGuard':
-    """Idempotent: the audit hook is permanent, so a second install would only double the checks."""
-    if cls._installed is None:
-      # The backend's Pallas kernels are imported lazily by the first op that runs, which is inside the program's
-      # code: under the guard that import (its file reads, directory scans, a GPU probe) would be refused and
-      # every design would fail on a GPU or TPU. Import them now, while nothing is refused.
-      from aira_jax.ops import dispatch  # pylint: disable=import-outside-toplevel
-      dispatch.preload_kernels()
-      guard = cls()
-      sys.addaudithook(guard._audit)
-      builtins.__import__ = guard._import
-      cls._installed = guard
-    return cls._installed
-
-  def drain(self) -> list[str]:
-    """The violations recorded since the last drain (a program may catch the PolicyError we raised)."""
-    out, self.violations = self.violations, []
-    return out
-
-  def _refuse(self, what: str) -> None:
-    self.violations.append(what)
-    raise PolicyError(f'design program policy: {what} is not allowed (no files, network, processes or threads)')
-
-  def _audit(self, event: str, args: tuple) -> None:
-    # Fast path first: most events (sys._getframe, object.__getattr__ from libraries...) pass untouched.
-    if event == 'open':
-      self._check_open(args)
-    elif event in _LISTINGS:
-      self._check_open((args[0] if args else None, 'r'), event)
-    elif event.startswith(_DENY_PREFIXES):
-      if self._program_on_stack():
-        self._refuse(f'{event}{_brief(args)}')
-    elif event in _DIRECT_DENY:
-      frame = sys._getframe(1)
-      if frame is not None and _is_program(frame):
-        self._refuse(f'{event}{_brief(args)}')
-
-  def _program_on_stack(self) -> bool:
-    frame = sys._getframe(2)
-    while frame is not None:
-      if _is_program(frame):
-        return True
-      frame = frame.f_back
-    return False
-
-  def _check_open(self, args: tuple, event: str = 'open') -> None:
-    frame = sys._getframe(2)
-    trusted = False
-    while frame is not None:
-      if _is_program(frame):
-        if trusted and _read_only(args) and self._in_library(args[0] if args else None):
-          return
-        self._refuse(f'{event}({args[0]!r})' if args and args[0] is not None else event)
-      module = frame.f_globals.get('__name__', '') or ''
-      if module.startswith(_TRUSTED_READERS) or module.startswith('_frozen_importlib'):
-        trusted = True
-      frame = frame.f_back
-
-  def _in_library(self, path) -> bool:
-    if isinstance(path, bytes):
-      path = os.fsdecode(path)
-    if not isinstance(path, str):
-      return False  # a file descriptor or an odd object: refuse
-    return os.path.realpath(path).startswith(self._library_roots)
-
-  def _import(self, name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002 (builtins signature)
-    caller = sys._getframe(1)
-    if _is_program(caller):
-      if level:
-        self._refuse(f'relative import of {name!r}')
-      if name == 'aira_jax':
-        bad = [n for n in (fromlist or ('aira_jax',)) if n != 'ops']
-        why = f'importing {bad} from aira_jax ({ALLOWED_HINT})' if bad else None
-      else:
-        why = _module_allowed(name)
-      if why is None and fromlist and name not in ('aira_jax', 'aira_jax.ops'):
-        bad = [n for n in fromlist if n.startswith('_') or _path_forbidden(f'{name}.{n}') or n in FORBIDDEN_ATTRS]
-        why = f'importing {bad} from {name}' if bad else None
-      if why is not None:
-        self._refuse(f'import {name!r} ({why})')
-    return self._real_import(name, globals, locals, fromlist, level)
-
-
-def _brief(args: Iterable) -> str:
-  text = repr(tuple(args))
-  return text if len(text) < 120 else text[:117] + '...'

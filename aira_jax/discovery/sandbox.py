@@ -13,7 +13,7 @@ The parent (this module, no JAX imported) runs gate 1 (static policy, pure ast) 
   * a memory limit: the parent reads the child's resident set size from /proc/<pid>/status every 50 ms and kills
     it above the limit; on CPU an RLIMIT_AS (limit + slack) backs this up against one huge allocation, which JAX
     on CPU tolerates (it reserves ~1 GB of address space); RLIMIT_CORE 0 and RLIMIT_FSIZE cap files;
-  * the runtime guard (aira_jax.discovery.policy.RuntimeGuard) installed after JAX, flax and the models are
+  * the runtime guard (aira_jax.discovery.runtime_guard.RuntimeGuard) installed after JAX, flax and the models are
     imported, before the program is loaded.
 The child reports progress as JSON lines in <dir>/events.jsonl; the parent turns a crash, a hang or a kill into
 a failed verdict at the gate that was running, with the stderr tail.
@@ -239,7 +239,7 @@ def _child_main(workdir: str) -> int:
 
   # Everything the gates use is imported before the guard goes up: lazy imports then rarely happen under it.
   from aira_jax.discovery.gates import runner  # pylint: disable=import-outside-toplevel
-  from aira_jax.discovery.policy import RuntimeGuard  # pylint: disable=import-outside-toplevel
+  from aira_jax.discovery.runtime_guard import RuntimeGuard  # pylint: disable=import-outside-toplevel
   guard = RuntimeGuard.install()
   os.chdir(workdir)
   runner.run_gates(request['source'], request['name'], settings, on_event=emit, skip=('static',), guard=guard)

@@ -192,7 +192,7 @@ def _child_main(workdir: str) -> int:
   from flax import nnx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from aira_jax.data import tokenizers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from aira_jax.models import build  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  from aira_jax.discovery.policy import RuntimeGuard  # pylint: disable=import-outside-toplevel
+  from aira_jax.discovery.runtime_guard import RuntimeGuard  # pylint: disable=import-outside-toplevel
   with open(os.path.join(workdir, 'request.json'), encoding='utf-8') as f:
     request = json.load(f)
   guard = RuntimeGuard.install()  # after every import: only the programs' own code is refused
