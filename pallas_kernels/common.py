@@ -1,13 +1,31 @@
 """Shared helpers for chunked linear-recurrence kernels: padding, chunk layout, matmul precision."""
 from __future__ import annotations
 
+import math
 import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 
 f32 = jnp.float32
+
+
+def grid_cost(step, blocks, *, steps: int, operands, outputs) -> pl.CostEstimate:
+    """The `pl.CostEstimate` of a pallas_call whose grid runs `step(*blocks)` (one grid step on loaded values,
+    blocks as ShapeDtypeStructs; None for an absent operand) `steps` times and touches every element of its
+    operands and outputs once (each block visited once; a block held across the sequential axis is read once).
+
+    FLOPs and transcendentals are counted on the traced step (aira_jax.ops.jaxpr_cost), so they follow the kernel
+    body as it is written. XLA's TPU scheduler uses the estimate to overlap the kernel with other work (FSDP
+    all-gathers, the next layer's projections); without one it has to guess the kernel's cost.
+    """
+    from aira_jax.ops.jaxpr_cost import count_jaxpr  # pylint: disable=import-outside-toplevel  (ops imports us)
+    cost = count_jaxpr(jax.make_jaxpr(step)(*blocks))
+    nbytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves((operands, outputs)))
+    return pl.CostEstimate(flops=int(cost.flops * steps), transcendentals=int(cost.transcendentals * steps),
+                           bytes_accessed=int(nbytes))
 
 
 def pad_time(x: jax.Array, multiple: int) -> jax.Array:

@@ -11,7 +11,7 @@ from jax import lax
 
 from aira_jax.discovery.gates import GATE_NAMES, GateSettings, Verdict
 from aira_jax.discovery.gates.common import CheckContext
-from aira_jax.discovery.gates.flops import count_jaxpr
+from aira_jax.ops.jaxpr_cost import count_jaxpr
 from aira_jax.discovery.gates.program import load_gate
 from aira_jax.discovery.gates.runner import run_gates
 from aira_jax.discovery.gates.training import budget_gate, train_gate

@@ -20,6 +20,7 @@ from pallas_kernels.delta_rule import tpu as dr_tpu
 from pallas_kernels.gated_delta_rule import gpu as gdr_gpu
 from pallas_kernels.gated_delta_rule import tpu as gdr_tpu
 from pallas_kernels.gated_delta_rule.reference import recurrent_gated_delta_rule
+from tests.kernel_helpers import tpu_cost_estimates
 
 BF16_FWD, BF16_GRAD, FP32_TOL = 6e-3, 8e-3, 1e-4
 INTERPRET = pltpu.InterpretParams()
@@ -100,7 +101,8 @@ def test_tpu_kernels_match_oracle(gated, dtype, b, t, h, dk, dv, with_state):
 @pytest.mark.parametrize("d,gated,dtype", [(64, True, jnp.bfloat16), (128, False, jnp.bfloat16),
                                            (256, True, jnp.float32)])
 def test_tpu_kernels_lower_to_mosaic(d, gated, dtype):
-    """Forward and backward lower to Mosaic TPU MLIR (cross-platform lowering; no TPU needed)."""
+    """Forward and backward lower to Mosaic TPU MLIR (cross-platform lowering; no TPU needed), each with a cost
+    estimate that matches the kernel's work."""
     q = jnp.zeros((1, 128, 2, d), dtype)
     per_head = jnp.zeros((1, 128, 2))
 
@@ -111,7 +113,20 @@ def test_tpu_kernels_lower_to_mosaic(d, gated, dtype):
     argnums = (0, 1, 2, 3, 4, 5) if gated else (0, 1, 2, 4, 5)
     lowered = jax.jit(jax.grad(loss, argnums=argnums)).trace(
         q, q, q, per_head if gated else None, per_head, jnp.zeros((1, 2, d, d))).lower(lowering_platforms=("tpu",))
-    assert lowered.as_text().count("tpu_custom_call") == 2  # one forward and one backward kernel
+    text = lowered.as_text()
+    assert text.count("tpu_custom_call") == 2  # one forward and one backward kernel
+    # Each kernel tells XLA's scheduler its cost. Forward: 5 C x C x D and 3 C x D x D matmuls per chunk, and the
+    # triangular inverse's 15 + 2 log2(C / 16) C x C x C matmuls (chunk_math.unit_lower_inverse); elementwise work
+    # adds a few percent. Bytes: q, k, v, o; g and beta; the initial, final and per-chunk saved states.
+    fwd, bwd = sorted(tpu_cost_estimates(text), key=lambda e: e["flops"])
+    c, steps, chunks = 64, 2 * 2, 2
+    matmuls = 5 * 2 * c * c * d + 3 * 2 * c * d * d + 19 * 2 * c**3
+    assert 1.0 <= fwd["flops"] / (steps * matmuls) <= 1.1, fwd
+    assert 1.3 * fwd["flops"] <= bwd["flops"] <= 3 * fwd["flops"], (fwd, bwd)
+    assert fwd["transcendentals"] == (steps * (c * c + 2 * c + 1) if gated else 0), fwd  # Gam, gamma, decays
+    state = 2 * d * d * 4
+    scalars = (2 if gated else 1) * 128 * 2 * 4
+    assert fwd["bytes_accessed"] == 4 * q.size * q.dtype.itemsize + scalars + (2 + chunks) * state, fwd
 
 
 def test_kernel_applies_rejects_what_it_cannot_do():

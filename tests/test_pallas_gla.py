@@ -14,6 +14,7 @@ from jax.experimental.pallas import tpu as pltpu
 from aira_jax import ops
 from aira_jax.ops import dispatch
 from pallas_kernels.simple_gla import gpu, recurrent_simple_gla, tpu
+from tests.kernel_helpers import tpu_cost_estimates
 
 TOL = {jnp.float32: (2e-5, 2e-5), jnp.bfloat16: (6e-3, 8e-3)}  # (forward, gradients)
 INTERPRET = pltpu.InterpretParams()
@@ -143,6 +144,35 @@ def test_state_passing_splits_exactly():
     o2, s2 = kernel(*(a[:, 100:] for a in args), initial_state=s1, output_final_state=True)
     assert rel_rms(jnp.concatenate([o1, o2], axis=1), o_full) <= 2e-5, f"seed {seed}"
     assert rel_rms(s2, s_full) <= 2e-5, f"seed {seed}"
+
+
+@pytest.mark.parametrize("d,dtype", [(64, jnp.bfloat16), (128, jnp.float32)])
+def test_tpu_kernels_lower_to_mosaic_with_their_cost(d, dtype):
+    """Under differentiation the forward, the states pass and the backward lower to Mosaic TPU (no TPU needed),
+    each with a cost estimate for XLA's scheduler that matches its work: per chunk the forward does the C x C x D
+    matmuls Q K^T and A V and the C x D x D matmuls Q S and K^T V; the states pass only K^T V (and forms no C x C
+    decay matrix: C + 1 exps per chunk, not C^2)."""
+    t, h, c = 256, 2, 64
+    q = jnp.zeros((1, t, h, d), dtype)
+    g = jnp.zeros((1, t, h))
+
+    def loss(q, k, v, g, s0):
+        o, s = tpu.simple_gla_tpu(q, k, v, g, initial_state=s0, output_final_state=True)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, q, q, g, jnp.zeros((1, h, d, d))).lower(
+        lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 3
+    states, fwd, bwd = sorted(tpu_cost_estimates(text), key=lambda e: e["flops"])
+    steps, chunks = h * t // c, t // c
+    assert 1.0 <= fwd["flops"] / (steps * (2 * 2 * c * c * d + 2 * 2 * c * d * d)) <= 1.1, fwd
+    assert 1.0 <= states["flops"] / (steps * 2 * c * d * d) <= 1.1, states
+    assert 1.5 * fwd["flops"] <= bwd["flops"] <= 3 * fwd["flops"], (fwd, bwd)
+    assert fwd["transcendentals"] == steps * (c * c + 2 * c + 1), fwd  # D, exp(b) and the two state decays
+    assert states["transcendentals"] == steps * (c + 1), states
+    state, decays = h * d * d * 4, 2 * t * h * 4  # the decays come in as a column and a row
+    assert fwd["bytes_accessed"] == 4 * q.size * q.dtype.itemsize + decays + 2 * state, fwd
+    assert states["bytes_accessed"] == 2 * q.size * q.dtype.itemsize + decays + (1 + chunks) * state, states
 
 
 def test_registered_for_tpu_and_applies_rejects_what_it_cannot_do():

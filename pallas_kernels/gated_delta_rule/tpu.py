@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from aira_jax.ops.dispatch import register_kernel
+from pallas_kernels import common
 from pallas_kernels.gated_delta_rule import chunk_math, vjp
 from pallas_kernels.common import f32
 
@@ -71,6 +72,28 @@ def _scalars_from_kernel(y, b, h):
     return jnp.swapaxes(y.reshape(b, h, -1), 1, 2)
 
 
+def _forward_step(q, k, v, beta_row, g_row, s, *, m: chunk_math.ChunkMath):
+    """One grid step of the forward on loaded values: g, beta arrive as [1, C] rows, the chunk math takes [C, 1]
+    columns. Returns (o fp32, the state after the chunk). Also traced alone for the kernel's cost estimate."""
+    col = chunk_math.col_from_row
+    return chunk_math.chunk_forward(q, k, v, col(beta_row), None if g_row is None else col(g_row), s, m)
+
+
+def _backward_step(q, k, v, beta_row, g_row, s, do, ds_next, *, m: chunk_math.ChunkMath):
+    """One grid step of the backward on loaded values: (dq, dk, dv fp32, dbeta row, dg row or None, dL/ds)."""
+    col, row = chunk_math.col_from_row, chunk_math.row_from_col
+    dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(q, k, v, col(beta_row),
+                                                          None if g_row is None else col(g_row), s, do, ds_next, m)
+    return dq, dk, dv, row(dbeta), None if dg is None else row(dg), ds
+
+
+def _blocks(q, v, c):
+    """One grid step's operands as ShapeDtypeStructs (for tracing a step's cost): q/k, v, a scalar row, a state."""
+    dk, dv = q.shape[-1], v.shape[-1]
+    return (jax.ShapeDtypeStruct((c, dk), q.dtype), jax.ShapeDtypeStruct((c, dv), v.dtype),
+            jax.ShapeDtypeStruct((1, c), f32), jax.ShapeDtypeStruct((dk, dv), f32))
+
+
 def _forward_kernel(*refs, m: chunk_math.ChunkMath, save_states: bool, num_chunks: int):
     it = iter(refs)
     q_ref, k_ref, v_ref = next(it), next(it), next(it)
@@ -88,9 +111,8 @@ def _forward_kernel(*refs, m: chunk_math.ChunkMath, save_states: bool, num_chunk
     s = s_scr[...]
     if save_states:
         states_ref[...] = s
-    col = chunk_math.col_from_row  # g, beta arrive as [1, C] rows; the chunk math takes [C, 1] columns
-    o, s_new = chunk_math.chunk_forward(q_ref[...], k_ref[...], v_ref[...], col(beta_ref[...]),
-                                        col(g_ref[...]) if m.gated else None, s, m)
+    o, s_new = _forward_step(q_ref[...], k_ref[...], v_ref[...], beta_ref[...], g_ref[...] if m.gated else None, s,
+                             m=m)
     o_ref[...] = o.astype(o_ref.dtype)
     s_scr[...] = s_new
 
@@ -113,16 +135,15 @@ def _backward_kernel(*refs, m: chunk_math.ChunkMath, num_chunks: int):
     def _():
         ds_scr[...] = dsfin_ref[...]
 
-    col, row = chunk_math.col_from_row, chunk_math.row_from_col
-    dq, dk, dv, dbeta, dg, ds = chunk_math.chunk_backward(
-        q_ref[...], k_ref[...], v_ref[...], col(beta_ref[...]), col(g_ref[...]) if m.gated else None,
-        states_ref[...], do_ref[...], ds_scr[...], m)
+    dq, dk, dv, dbeta, dg, ds = _backward_step(q_ref[...], k_ref[...], v_ref[...], beta_ref[...],
+                                               g_ref[...] if m.gated else None, states_ref[...], do_ref[...],
+                                               ds_scr[...], m=m)
     dq_ref[...] = dq.astype(dq_ref.dtype)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
-    dbeta_ref[...] = row(dbeta)
+    dbeta_ref[...] = dbeta
     if m.gated:
-        dg_ref[...] = row(dg)
+        dg_ref[...] = dg
     ds_scr[...] = ds
 
     @pl.when(n == num_chunks - 1)
@@ -155,10 +176,15 @@ def _forward(q, k, v, g, beta, s0, *, m, interpret, save_states):
     if save_states:
         out_shape.append(jax.ShapeDtypeStruct((bsz * heads, nc, dk, dv), f32))
         out_specs.append(pl.BlockSpec((None, None, dk, dv), lambda i, n: (i, n, 0, 0)))
+    qk_b, v_b, row_b, state_b = _blocks(q, v, c)
+    cost = common.grid_cost(functools.partial(_forward_step, m=m),
+                            (qk_b, qk_b, v_b, row_b, row_b if m.gated else None, state_b),
+                            steps=bsz * heads * nc, operands=args, outputs=out_shape)
     outs = pl.pallas_call(
         functools.partial(_forward_kernel, m=m, save_states=save_states, num_chunks=nc),
         out_shape=out_shape, grid=(bsz * heads, nc), in_specs=in_specs, out_specs=out_specs,
         scratch_shapes=[pltpu.VMEM((dk, dv), f32)], compiler_params=_compiler_params(), interpret=interpret,
+        cost_estimate=cost,
         name="gated_delta_rule_fwd" if m.gated else "delta_rule_fwd",
     )(*args)
     o, s_fin = lv.from_kernel(outs[0]), outs[1].reshape(bsz, heads, dk, dv)
@@ -187,10 +213,15 @@ def _backward(q, k, v, g, beta, states, do, ds_final, *, m, interpret):
         + [scalar_shape, jax.ShapeDtypeStruct((bsz * heads, dk, dv), f32)]
     out_specs = [lk.spec(rev), lk.spec(rev), lv.spec(rev)] + ([scalar_spec] if m.gated else []) \
         + [scalar_spec, state_spec]
+    qk_b, v_b, row_b, state_b = _blocks(q, v, c)
+    cost = common.grid_cost(functools.partial(_backward_step, m=m),
+                            (qk_b, qk_b, v_b, row_b, row_b if m.gated else None, state_b, v_b, state_b),
+                            steps=bsz * heads * nc, operands=args, outputs=out_shape)
     outs = pl.pallas_call(
         functools.partial(_backward_kernel, m=m, num_chunks=nc),
         out_shape=out_shape, grid=(bsz * heads, nc), in_specs=in_specs, out_specs=out_specs,
         scratch_shapes=[pltpu.VMEM((dk, dv), f32)], compiler_params=_compiler_params(), interpret=interpret,
+        cost_estimate=cost,
         name="gated_delta_rule_bwd" if m.gated else "delta_rule_bwd",
     )(*args)
     it = iter(outs)

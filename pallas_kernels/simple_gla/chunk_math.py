@@ -47,24 +47,35 @@ class Dots:
         return self.nn(a.astype(f32).T, b)
 
 
-def decay_terms(bc, br):
-    """bc [C, 1], br [1, C] (the same cumulative decays as a column and a row) -> D, e, r, exp(b_C)."""
+def decay_matrix(bc, br):
+    """D [C, C] = exp(b_i - b_j) on i >= j, 0 above, from bc [C, 1] and br [1, C] (the same cumulative decays as
+    a column and a row)."""
     c = bc.shape[0]
     rows = lax.broadcasted_iota(jnp.int32, (c, c), 0)
     cols = lax.broadcasted_iota(jnp.int32, (c, c), 1)
     # min(., 0) keeps exp finite above the diagonal before the mask zeroes it (no inf * 0).
-    dmat = jnp.where(rows >= cols, jnp.exp(jnp.minimum(bc - br, 0.0)), 0.0)
-    b_last = br[:, c - 1:c]  # [1, 1]
-    return dmat, jnp.exp(bc), jnp.exp(b_last - bc), jnp.exp(b_last)
+    return jnp.where(rows >= cols, jnp.exp(jnp.minimum(bc - br, 0.0)), 0.0)
+
+
+def state_decays(bc, br):
+    """r [C, 1] = exp(b_C - b) (a step's decay to the chunk's end) and exp(b_C) [1, 1]."""
+    b_last = br[:, bc.shape[0] - 1:]  # [1, 1]
+    return jnp.exp(b_last - bc), jnp.exp(b_last)
+
+
+def decay_terms(bc, br):
+    """D, e = exp(b), r, exp(b_C): everything the output and the backward need."""
+    return (decay_matrix(bc, br), jnp.exp(bc), *state_decays(bc, br))
 
 
 def chunk_forward(q, k, v, bc, br, s, scale, dots: Dots, *, want_output=True):
-    """Returns (O [C, Dv] fp32 or None, S' [Dk, Dv] fp32)."""
-    dmat, e, r, e_last = decay_terms(bc, br)
+    """Returns (O [C, Dv] fp32 or None, S' [Dk, Dv] fp32). Without the output (the states pass) no C x C decay
+    matrix is formed."""
+    r, e_last = state_decays(bc, br)
     o = None
     if want_output:
-        a = dots.nt(q, k) * (dmat * scale)
-        o = dots.nn(a, v) + dots.nn(q.astype(f32) * (e * scale), s)
+        a = dots.nt(q, k) * (decay_matrix(bc, br) * scale)
+        o = dots.nn(a, v) + dots.nn(q.astype(f32) * (jnp.exp(bc) * scale), s)
     s_new = s * e_last + dots.tn(k.astype(f32) * r, v)
     return o, s_new
 

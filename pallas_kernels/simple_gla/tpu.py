@@ -19,6 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from aira_jax.ops.dispatch import register_kernel
+from pallas_kernels import common
 from pallas_kernels.common import f32
 from pallas_kernels.simple_gla import chunk_math, vjp
 
@@ -105,6 +106,15 @@ def _backward_kernel(q_ref, k_ref, v_ref, col_ref, row_ref, h_ref, do_ref, dsf_r
         ds0_ref[...] = ds_prev
 
 
+def _blocks(qh, vh, chunk):
+    """One grid step's operands as ShapeDtypeStructs (for tracing a step's cost): q/k, v, decay column and row,
+    a state."""
+    dk, dv = qh.shape[-1], vh.shape[-1]
+    return (jax.ShapeDtypeStruct((chunk, dk), qh.dtype), jax.ShapeDtypeStruct((chunk, dv), vh.dtype),
+            jax.ShapeDtypeStruct((chunk, 1), f32), jax.ShapeDtypeStruct((1, chunk), f32),
+            jax.ShapeDtypeStruct((dk, dv), f32))
+
+
 def _params():
     return pltpu.CompilerParams(dimension_semantics=SEMANTICS)
 
@@ -115,14 +125,20 @@ def forward(qh, kh, vh, gc, s0, *, scale, chunk, interpret):
     n = tp // chunk
     sp = _specs(chunk, dk, dv)
     col, row = _decay_views(gc, chunk)
+    out_shape = [jax.ShapeDtypeStruct((bh, tp, dv), vh.dtype), jax.ShapeDtypeStruct((bh, dk, dv), f32)]
+    dots = chunk_math.Dots(qh.dtype)
+    qk_b, v_b, col_b, row_b, state_b = _blocks(qh, vh, chunk)
+    cost = common.grid_cost(lambda q, k, v, c, r, s: chunk_math.chunk_forward(q, k, v, c, r, s, scale, dots),
+                            (qk_b, qk_b, v_b, col_b, row_b, state_b), steps=bh * n,
+                            operands=(qh, kh, vh, col, row, s0), outputs=out_shape)
     return pl.pallas_call(
         functools.partial(_forward_kernel, scale=scale, nchunks=n),
         grid=(bh, n),
         in_specs=[sp["qk"], sp["qk"], sp["v"], sp["col"], sp["row"], sp["state"]],
         out_specs=[sp["v"], sp["state"]],
-        out_shape=[jax.ShapeDtypeStruct((bh, tp, dv), vh.dtype), jax.ShapeDtypeStruct((bh, dk, dv), f32)],
+        out_shape=out_shape,
         scratch_shapes=[pltpu.VMEM((dk, dv), f32)],
-        compiler_params=_params(), interpret=interpret, name="simple_gla_fwd",
+        compiler_params=_params(), interpret=interpret, name="simple_gla_fwd", cost_estimate=cost,
     )(qh, kh, vh, col, row, s0)
 
 
@@ -132,14 +148,20 @@ def states(kh, vh, gc, s0, *, chunk, interpret):
     n = tp // chunk
     sp = _specs(chunk, dk, dv)
     col, row = _decay_views(gc, chunk)
+    out_shape = jax.ShapeDtypeStruct((bh, n, dk, dv), f32)
+    dots = chunk_math.Dots(kh.dtype)
+    k_b, v_b, col_b, row_b, state_b = _blocks(kh, vh, chunk)
+    cost = common.grid_cost(
+        lambda k, v, c, r, s: chunk_math.chunk_forward(None, k, v, c, r, s, 0.0, dots, want_output=False),
+        (k_b, v_b, col_b, row_b, state_b), steps=bh * n, operands=(kh, vh, col, row, s0), outputs=out_shape)
     return pl.pallas_call(
         _states_kernel,
         grid=(bh, n),
         in_specs=[sp["qk"], sp["v"], sp["col"], sp["row"], sp["state"]],
         out_specs=sp["states"],
-        out_shape=jax.ShapeDtypeStruct((bh, n, dk, dv), f32),
+        out_shape=out_shape,
         scratch_shapes=[pltpu.VMEM((dk, dv), f32)],
-        compiler_params=_params(), interpret=interpret, name="simple_gla_states",
+        compiler_params=_params(), interpret=interpret, name="simple_gla_states", cost_estimate=cost,
     )(kh, vh, col, row, s0)
 
 
@@ -149,16 +171,23 @@ def backward(qh, kh, vh, gc, h, do, dsf, *, scale, chunk, interpret):
     n = tp // chunk
     sp = _specs(chunk, dk, dv, reverse_n=n)
     col, row = _decay_views(gc, chunk)
+    out_shape = [jax.ShapeDtypeStruct(qh.shape, qh.dtype), jax.ShapeDtypeStruct(kh.shape, kh.dtype),
+                 jax.ShapeDtypeStruct(vh.shape, vh.dtype), jax.ShapeDtypeStruct((bh, n, 1, chunk), f32),
+                 jax.ShapeDtypeStruct((bh, dk, dv), f32)]
+    dots = chunk_math.Dots(qh.dtype)
+    qk_b, v_b, col_b, row_b, state_b = _blocks(qh, vh, chunk)
+    cost = common.grid_cost(
+        lambda q, k, v, c, r, s, do_, ds: chunk_math.chunk_backward(q, k, v, c, r, s, do_, ds, scale, dots),
+        (qk_b, qk_b, v_b, col_b, row_b, state_b, v_b, state_b), steps=bh * n,
+        operands=(qh, kh, vh, col, row, h, do, dsf), outputs=out_shape)
     dq, dk_, dv_, dg, ds0 = pl.pallas_call(
         functools.partial(_backward_kernel, scale=scale, nchunks=n),
         grid=(bh, n),
         in_specs=[sp["qk"], sp["qk"], sp["v"], sp["col"], sp["row"], sp["states"], sp["v"], sp["state"]],
         out_specs=[sp["qk"], sp["qk"], sp["v"], sp["row"], sp["state"]],
-        out_shape=[jax.ShapeDtypeStruct(qh.shape, qh.dtype), jax.ShapeDtypeStruct(kh.shape, kh.dtype),
-                   jax.ShapeDtypeStruct(vh.shape, vh.dtype), jax.ShapeDtypeStruct((bh, n, 1, chunk), f32),
-                   jax.ShapeDtypeStruct((bh, dk, dv), f32)],
+        out_shape=out_shape,
         scratch_shapes=[pltpu.VMEM((dk, dv), f32)],
-        compiler_params=_params(), interpret=interpret, name="simple_gla_bwd",
+        compiler_params=_params(), interpret=interpret, name="simple_gla_bwd", cost_estimate=cost,
     )(qh, kh, vh, col, row, h, do, dsf)
     return dq, dk_, dv_, dg.reshape(bh, tp), ds0
 

@@ -1,7 +1,7 @@
 """Gate 6: sub-quadratic cost in sequence length.
 
 The mixer's forward is traced and compiled (never run) at two or more lengths (default 2048 and 8192). Metrics: our own jaxpr FLOP and
-data-movement counts (scan bodies times their length, see flops.py), and XLA's cost_analysis() FLOPs and bytes
+data-movement counts (scan bodies times their length, see aira_jax.ops.jaxpr_cost), and XLA's cost_analysis() FLOPs and bytes
 and memory_analysis() temporaries. Each metric's exponent is log(c(T2)/c(T1)) / log(T2/T1) on the last pair; the
 worst one decides: T and T log T sit near 1-1.2, T^2 near 2.
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from aira_jax.discovery.gates.common import CheckContext, GateFailure, describe_exception, jit, program_line
-from aira_jax.discovery.gates.flops import count_jaxpr
+from aira_jax.ops.jaxpr_cost import count_jaxpr
 
 QUADRATIC_FIX = ('replace the T x T interaction with a recurrence carrying a fixed-size state (lax.scan over chunks, '
                  'ops.delta_rule / ops.gated_delta_rule / ops.simple_gla), a causal convolution (ops.short_conv or '

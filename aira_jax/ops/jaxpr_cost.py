@@ -1,11 +1,16 @@
 """Counting a jaxpr's cost ourselves, because XLA's cost_analysis() counts a while/scan body only once.
 
+Two users: the Checker's cost gate (aira_jax.discovery.gates.cost) counts a design's forward at two lengths, and
+the Mosaic TPU kernels count one grid step of their body for the `pl.CostEstimate` they give XLA's scheduler.
+
 `count_jaxpr` walks the jaxpr: dot_general and convolutions by their multiply-adds, FFTs as 5 N log2 N,
 triangular solves and decompositions by their cubic terms, everything elementwise at one FLOP per output
 element, and data movement (reshape, gather, broadcast, ...) as elements moved in a separate tally. A scan
 multiplies its body by its length, a cond takes its most expensive branch, a while_loop multiplies its body by
 a trip count read from the fori_loop pattern (counter < bound, counter += 1, literal bounds) and is reported as
 unbounded otherwise. Call-like primitives (jit, custom_jvp/vjp, remat, ...) recurse into their jaxprs.
+Transcendental elementwise ops (exp, log, tanh, ...) count as FLOPs like any elementwise op and are also
+tallied on their own, as XLA's cost model keeps them.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ MOVEMENT = frozenset({
     'mesh_cast', 'reshard', 'optimization_barrier', 'real', 'imag', 'complex'})
 FREE = frozenset({'stop_gradient', 'name', 'debug_callback', 'random_seed', 'random_wrap', 'random_unwrap'})
 CUMULATIVE = frozenset({'cumsum', 'cumprod', 'cummax', 'cummin', 'cumlogsumexp'})
+TRANSCENDENTAL = frozenset({'exp', 'exp2', 'expm1', 'log', 'log1p', 'logistic', 'tanh', 'sin', 'cos', 'tan',
+                            'asin', 'acos', 'atan', 'atan2', 'sinh', 'cosh', 'asinh', 'acosh', 'atanh', 'sqrt',
+                            'rsqrt', 'cbrt', 'pow', 'erf', 'erfc', 'erf_inv', 'lgamma', 'digamma'})
 DECOMPOSITIONS = frozenset({'cholesky', 'lu', 'qr', 'householder_product', 'eigh', 'eig', 'svd', 'schur',
                             'hessenberg', 'tridiagonal'})
 
@@ -29,11 +37,13 @@ DECOMPOSITIONS = frozenset({'cholesky', 'lu', 'qr', 'householder_product', 'eigh
 class JaxprCost:
   flops: float = 0.0
   moved: float = 0.0  # elements written by data-movement primitives
+  transcendentals: float = 0.0  # elements produced by TRANSCENDENTAL ops (also in flops)
   unbounded: list[str] = dataclasses.field(default_factory=list)  # while_loops without a readable trip count
 
   def add(self, other: 'JaxprCost', times: float = 1.0) -> None:
     self.flops += times * other.flops
     self.moved += times * other.moved
+    self.transcendentals += times * other.transcendentals
     self.unbounded.extend(other.unbounded)
 
 
@@ -165,6 +175,8 @@ def _eqn_cost(eqn) -> JaxprCost:
     pass
   else:  # elementwise arithmetic, comparisons, select, random bits, ...
     c.flops = float(_out_size(eqn))
+    if name in TRANSCENDENTAL:
+      c.transcendentals = c.flops
   return c
 
 
