@@ -151,8 +151,8 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
   assert result is not None, store.get_experiment(exp_id).reason
   retry = result.meta['kernel_retry']
   assert retry['verdict'] == 'kernel fault', retry
-  assert retry['failure'].startswith('timeout: timed out: the Pallas kernel self-test (one call of each kernel '
-                                     'against its XLA op) did not finish within 3 s'), retry
+  assert retry['failure'].startswith('timeout: timed out: the Pallas kernel self-test of the training step (one '
+                                     'call of each kernel against its XLA op) did not finish within 3 s'), retry
   failed = [json.loads(x) for x in open(os.path.join(os.path.dirname(retry['child_dir']), 'seed-0',
                                                       'metrics.jsonl'), encoding='utf-8')]
   assert [m['kind'] for m in failed] == ['kernel_check'] and failed[0]['ops']['kernels'] == ['delta_rule']
@@ -164,7 +164,9 @@ def test_a_kernel_that_hangs_is_ended_by_the_first_step_limit(store, tmp_path, m
 
 def test_the_first_step_clock_runs_from_the_kernel_check_then_from_the_compile(tmp_path, monkeypatch):
   """The parent's watch of one seed: a kernel_check record starts the first-step clock (the self-test runs the
-  kernels), the compile record restarts it, the first_step record stops it; the kernels are noted from both."""
+  kernels), the compile record restarts it, the first_step record stops it; the kernels are noted from both. The
+  evaluation step's records (kernel_check with step_fn eval, eval_compile, first_eval) run the clock again, and a
+  hang there is a first-step timeout too (a kernel suspect), named as the evaluation's."""
   from aira_jax.discovery import training_run as tr
   now = [100.0]
   monkeypatch.setattr(tr.time, 'monotonic', lambda: now[0])
@@ -191,6 +193,28 @@ def test_the_first_step_clock_runs_from_the_kernel_check_then_from_the_compile(t
   assert monitor.deadline_passed(now[0]) == (FIRST_STEP, 5.0)
   record('first_step', seconds_after_compile=5.5)
   assert monitor.deadline_passed(now[0]) is None and monitor.kernels == {'delta_rule', 'simple_gla'}
+  now[0] += 100.0  # training: only the run's own limit applies
+
+  # The first validation compiles the evaluation step, whose forward may run other kernels: watched the same way.
+  record('kernel_check', step_fn='eval', ops={'kernels': ['attention']})
+  now[0] += 6.0
+  assert monitor.deadline_passed(now[0]) == (FIRST_STEP, 5.0) and monitor.clock_step == 'eval'
+  record('eval_compile', ops={'kernels': ['attention']})
+  now[0] += 4.0
+  assert monitor.deadline_passed(now[0]) is None and monitor.clock_from == 'eval_compile'
+  now[0] += 2.0
+  late = monitor.deadline_passed(now[0])
+  assert late == (FIRST_STEP, 5.0) and 'attention' in monitor.kernels
+  outcome = monitor.outcome
+  log = tmp_path / 'child.log'
+  log.write_text('')
+  tr._conclude(outcome, monitor, ('timeout', late), -9, str(log), monitor.limits)
+  assert outcome.failure.kind == 'timeout' and outcome.failure.diagnostics['stage'] == FIRST_STEP
+  assert outcome.kernel_suspect and 'attention' in outcome.kernels  # so the run is retried without the kernels
+  assert outcome.failure.message.startswith('timed out: the first evaluation step did not finish within 5 s'), \
+      outcome.failure.message
+  record('first_eval', seconds=7.0)
+  assert monitor.deadline_passed(now[0]) is None
 
 
 _SCOPE = 'Planted GPU (jax 0.11.2)'

@@ -198,6 +198,15 @@ def test_a_correct_kernel_passes_the_check_and_is_kept(cpu_kernels, tmp_path):
   assert ops['kernels'] == ['delta_rule'] and 'set_aside' not in ops
   assert ops['check']['ok'] and ops['check']['loss_rel_err'] == 0.0 and ops['check']['precision'] == 'low'
   assert ops['self_test']['ok'] == {'delta_rule': 0.0} and not ops['self_test']['failed']
+  # What a watcher of metrics.jsonl reads: each step says when it runs its kernels for the first time and when
+  # that run is over; the evaluation step (compiled at the first validation) as the train step.
+  records = [json.loads(x) for x in open(tmp_path / 'ok' / 'metrics.jsonl', encoding='utf-8')]
+  kinds = [r['kind'] for r in records if r['kind'] != 'train']
+  assert kinds == ['kernel_check', 'compile', 'first_step', 'kernel_check', 'eval_compile', 'first_eval', 'eval'], \
+      kinds
+  assert [r['step_fn'] for r in records if r['kind'] == 'kernel_check'] == ['train', 'eval']
+  eval_compile = next(r for r in records if r['kind'] == 'eval_compile')
+  assert eval_compile['ops']['kernels'] == ['delta_rule'] and eval_compile['compile_seconds'] > 0
 
 
 def _scaled_delta_rule(q, k, v, beta, **kw):

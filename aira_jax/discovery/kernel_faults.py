@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 from aira_jax.discovery import failures as fl
 from aira_jax.discovery.records import KERNEL_CLEARED, KERNEL_FAULT, KernelVerdict
 
-FIRST_STEP = 'first step'  # Failure.diagnostics['stage'] of a run whose first step never finished
+FIRST_STEP = 'first step'  # Failure.diagnostics['stage'] of a run whose first train or eval step never finished
 # Exceptions raised by running a compiled computation (not by tracing or compiling it).
 RUNTIME_ERRORS = ('JaxRuntimeError', 'XlaRuntimeError')
 # A kernel that the retry has cleared this many times (the run failed the same way without it) is trusted: later
@@ -42,9 +42,10 @@ _SOFTWARE = ('jax', 'jaxlib', 'aira-jax')
 def kernel_suspect(failure: fl.Failure, kernels: list[str], error: dict[str, Any] | None) -> bool:
   """Whether a failure may be a Pallas kernel's rather than the design's: kernels ran, and the run failed the
   way a faulty kernel fails it: a NaN or a divergence (wrong numbers), an error raised while running the
-  compiled step, a crash in native code (an illegal memory access takes the process down), or a first step that
-  never finished (a hang). A failure while tracing or compiling is not (compile failures already fall back in the
-  trainer), nor OOM, policy or a timeout later in the run, which a slow design explains as well."""
+  compiled step, a crash in native code (an illegal memory access takes the process down), or a first training
+  or evaluation step that never finished (a hang). A failure while tracing or compiling is not (compile failures
+  already fall back in the trainer), nor OOM, policy or a timeout later in the run, which a slow design explains
+  as well."""
   if not kernels:
     return False
   if failure.kind in (fl.NAN, fl.DIVERGENCE):

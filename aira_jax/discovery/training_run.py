@@ -65,7 +65,8 @@ class RunLimits:
   divergence_factor: float = 3.0
   divergence_patience: int = 2
   # The first step must finish this long after the trainer's compile record, and the kernel self-test and the
-  # compile that follows it this long after its kernel_check record (0: off).
+  # compile that follows it this long after its kernel_check record; the same for the first evaluation step after
+  # its own records (0: off).
   first_step_timeout_s: float = 0.0
 
 
@@ -159,9 +160,12 @@ class _Monitor:
     self.last_metrics: dict[str, Any] | None = None
     self.loss_failure: fl.Failure | None = None
     self.kernels: set[str] = set()  # from the trainer's 'compile' records and the seeds' summaries
-    self.compiled_at: float | None = None  # when the current seed's compile record arrived
+    # The first-run clock: a step just compiled (or about to run its kernels' self-test) must finish its first run
+    # within first_step_timeout_s. Started by 'kernel_check', 'compile' or 'eval_compile', stopped by 'first_step'
+    # or 'first_eval'; clock_from names the record that started it and clock_step the step: 'train' or 'eval'.
+    self.compiled_at: float | None = None
     self.first_step_done = False
-    self.clock_from = 'compile'  # the record that started the first-step clock: 'kernel_check' or 'compile'
+    self.clock_from, self.clock_step = 'compile', 'train'
 
   def on_event(self, event: dict[str, Any]) -> None:
     kind, seed = event.get('event'), event.get('seed')
@@ -194,11 +198,13 @@ class _Monitor:
   def read_metrics(self) -> None:
     for seed, tail in self.metrics.items():
       for record in tail.read():
-        if record.get('kind') in ('kernel_check', 'compile'):  # the self-test runs kernels too: it may hang
+        kind = record.get('kind')
+        if kind in ('kernel_check', 'compile', 'eval_compile'):  # the self-test runs kernels too: it may hang
           self._note_kernels(record.get('ops'))
           self.compiled_at, self.first_step_done = time.monotonic(), False
-          self.clock_from = record['kind']
-        elif record.get('kind') == 'first_step':
+          self.clock_from = kind
+          self.clock_step = 'eval' if kind == 'eval_compile' or record.get('step_fn') == 'eval' else 'train'
+        elif kind in ('first_step', 'first_eval'):
           self.first_step_done = True
         if record.get('kind') != 'train' or 'loss' not in record or self.loss_failure is not None:
           continue  # after a NaN or divergence, the diagnostics keep the metrics of that step
@@ -295,13 +301,14 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
                          f'limit of {limits.memory_mb} MB ({where}); avoid materialising huge tensors such as '
                          f'[T, T] per head or a state per time step', {})
   elif killed and killed[0] == 'timeout' and killed[1][0] == FIRST_STEP:
+    step_fn = 'evaluation' if monitor.clock_step == 'eval' else 'training'
     if monitor.clock_from == 'kernel_check':
-      what = ('the Pallas kernel self-test (one call of each kernel against its XLA op) did not finish within '
-              f'{killed[1][1]:.0f} s ({where}): a kernel that hangs')
+      what = (f'the Pallas kernel self-test of the {step_fn} step (one call of each kernel against its XLA op) '
+              f'did not finish within {killed[1][1]:.0f} s ({where}): a kernel that hangs')
     else:
-      what = (f'the first training step did not finish within {killed[1][1]:.0f} s of compiling ({where}): a step '
+      what = (f'the first {step_fn} step did not finish within {killed[1][1]:.0f} s of compiling ({where}): a step '
               f'that hangs, or a design far too slow for any budget')
-    failure = fl.Failure(fl.TIMEOUT, f'timed out: {what}', {'stage': FIRST_STEP})
+    failure = fl.Failure(fl.TIMEOUT, f'timed out: {what}', {'stage': FIRST_STEP, 'step_fn': monitor.clock_step})
   elif killed and killed[0] == 'timeout':
     phase, limit = killed[1]
     failure = fl.Failure(fl.TIMEOUT, f'timed out: the {phase} phase ran longer than {limit:.0f} s ({where}); look '

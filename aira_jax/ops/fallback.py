@@ -16,6 +16,7 @@ the kernels aside when the loss or any parameter's gradient disagrees beyond wha
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -105,18 +106,27 @@ def _set_aside(kernels: list[str], why: str) -> dict[str, str]:
 class CompileOnFirstCall:
   """A jitted step built by `build()` and compiled, through compile_step, for the arguments of its first call;
   later calls must bring the same shapes and shardings (an evaluation step over equal batches). `.ops` says which
-  kernels it runs or set aside (None before the first call)."""
+  kernels it runs or set aside (None before the first call). `on_self_test(kernels)` is told before the
+  self-test runs kernels, `on_compiled(ops, seconds)` once the step is compiled (self-test included) and about to
+  run for the first time: a watcher can then tell a kernel that hangs from a slow compile."""
 
-  def __init__(self, build: Callable[[], Any], *, self_test: bool = True):
+  def __init__(self, build: Callable[[], Any], *, self_test: bool = True,
+               on_self_test: Callable[[list[str]], None] | None = None,
+               on_compiled: Callable[[dict[str, Any], float], None] | None = None):
     self._build = build
     self._self_test = self_test
+    self._on_self_test = on_self_test
+    self._on_compiled = on_compiled
     self._compiled = None
     self.ops: dict[str, Any] | None = None
 
   def __call__(self, *args):
     if self._compiled is None:
+      t0 = time.time()
       _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile(),
-                                                 self_test=self._self_test)
+                                                 self_test=self._self_test, on_self_test=self._on_self_test)
+      if self._on_compiled is not None:
+        self._on_compiled(self.ops, time.time() - t0)
     return self._compiled(*args)
 
 
