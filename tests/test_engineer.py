@@ -70,6 +70,12 @@ def test_trains_evaluates_and_records_result(store, tmp_path):
   seed_dir = os.path.join(result.meta['workdir'], 'seed-0')  # the harness read the checkpoint; then it went
   assert os.path.exists(os.path.join(seed_dir, 'metrics.jsonl'))
   assert not os.path.exists(os.path.join(seed_dir, 'checkpoints'))
+  # The harness's scorers told the parent of each compile and first batch (what ends a kernel that hangs there).
+  with open(os.path.join(result.meta['child_dir'], 'events.jsonl'), encoding='utf-8') as f:
+    events = [json.loads(line) for line in f]
+  harness = [(e['event'], e['seed']) for e in events if e.get('step_fn') == 'harness']
+  assert harness and harness[:2] == [('eval_compile', 0), ('first_eval', 0)], harness
+  assert len(harness) % 2 == 0 and {s for _, s in harness} == {0, 1}
 
 
 def test_crash_goes_to_debugger_and_the_fix_trains(store, tmp_path):

@@ -166,7 +166,8 @@ def test_the_first_step_clock_runs_from_the_kernel_check_then_from_the_compile(t
   """The parent's watch of one seed: a kernel_check record starts the first-step clock (the self-test runs the
   kernels), the compile record restarts it, the first_step record stops it; the kernels are noted from both. The
   evaluation step's records (kernel_check with step_fn eval, eval_compile, first_eval) run the clock again, and a
-  hang there is a first-step timeout too (a kernel suspect), named as the evaluation's."""
+  hang there is a first-step timeout too (a kernel suspect), named as the evaluation's; so do the harness scorers'
+  events after training."""
   from aira_jax.discovery import training_run as tr
   now = [100.0]
   monkeypatch.setattr(tr.time, 'monotonic', lambda: now[0])
@@ -215,6 +216,21 @@ def test_the_first_step_clock_runs_from_the_kernel_check_then_from_the_compile(t
       outcome.failure.message
   record('first_eval', seconds=7.0)
   assert monitor.deadline_passed(now[0]) is None
+
+  # After training, the harness's scorers (one per batch shape) report through the child's events.
+  monitor.on_event({'event': 'seed_done', 'seed': 0, 'summary': {}})
+  monitor.on_event({'event': 'eval_start', 'seed': 0})
+  monitor.on_event({'event': 'eval_compile', 'seed': 0, 'step_fn': 'harness', 'ops': {'kernels': ['simple_gla']}})
+  now[0] += 4.0
+  assert monitor.deadline_passed(now[0]) is None
+  monitor.on_event({'event': 'first_eval', 'seed': 0, 'step_fn': 'harness', 'seconds': 3.0})
+  monitor.on_event({'event': 'eval_compile', 'seed': 0, 'step_fn': 'harness', 'ops': {'kernels': ['simple_gla']}})
+  now[0] += 6.0
+  late = monitor.deadline_passed(now[0])
+  assert late == (FIRST_STEP, 5.0) and monitor.clock_step == 'harness'
+  tr._conclude(outcome, monitor, ('timeout', late), -9, str(log), monitor.limits)
+  assert outcome.failure.message.startswith('timed out: the first benchmark scoring step did not finish within 5 '
+                                            's'), outcome.failure.message
 
 
 _SCOPE = 'Planted GPU (jax 0.11.2)'

@@ -109,11 +109,19 @@ def test_scorer_matches_direct_forward_across_buckets_and_tails(model):
     assert greedy[i] == d_greedy
   assert greedy[-1] and not greedy[:-1].all()
   assert scorer.stats.batches > 3 and len(scorer.stats.shapes) <= 8
-  # Padding a bucket's last batch to the full size (the accelerator policy): same scores, one shape a bucket.
-  full = harness.Scorer(model, harness.ScorerConfig(max_length=100, max_batch_tokens=256, tail_batch='full'))
+  # Padding a bucket's last batch to the full size (the accelerator policy): same scores, one shape a bucket. A
+  # watch hears of each shape's compile and then of its first batch (how the discovery child lets its parent end a
+  # kernel that hangs in scoring).
+  from aira_jax.ops.fallback import FirstRunWatch
+  heard = []
+  watch = FirstRunWatch(compiled=lambda ops, s: heard.append(('compiled', ops['kernels'], s >= 0)),
+                        first_run=lambda s: heard.append(('first_run', s >= 0)))
+  full = harness.Scorer(model, harness.ScorerConfig(max_length=100, max_batch_tokens=256, tail_batch='full'),
+                        watch=watch)
   ll_full, greedy_full = full.score(rows)
   assert np.allclose(ll_full, ll, atol=1e-4) and (greedy_full == greedy).all()
   assert len({length for _, length in full.stats.shapes}) == len(full.stats.shapes)
+  assert heard == [('compiled', [], True), ('first_run', True)] * len(full.stats.shapes), heard
 
 
 # ---------------------------------------------------------------- tasks: prompts and data

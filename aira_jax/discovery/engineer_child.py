@@ -81,8 +81,10 @@ def _report_error(events: _Events, phase: str, seed: int | None, exc: BaseExcept
               traceback=''.join(traceback.format_exception(exc)), program_lineno=lineno, program_line=line)
 
 
-def _evaluate(config, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
-  """Harness scores of the trained model for the tasks whose data is present; the others are skipped."""
+def _evaluate(config, run_dir: str, spec: dict[str, Any], events: _Events, seed: int) -> dict[str, Any]:
+  """Harness scores of the trained model for the tasks whose data is present; the others are skipped. Each batch
+  shape's scorer announces its compile and first batch as events (kernel_check, eval_compile, first_eval), so the
+  parent ends a kernel that hangs there as it ends a first training step that hangs."""
   from pathlib import Path  # pylint: disable=import-outside-toplevel
   from aira_jax.evaluate import harness  # pylint: disable=import-outside-toplevel
   from aira_jax.evaluate.harness import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -105,10 +107,16 @@ def _evaluate(config, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {'fitness': {}, 'held_out': {}, 'skipped': skipped}
   run = load_run(run_dir, config=config)
   limit = spec.get('limit')
+  from aira_jax.ops.fallback import FirstRunWatch  # pylint: disable=import-outside-toplevel
+  watch = FirstRunWatch(
+      self_test=lambda kernels: events.emit('kernel_check', seed=seed, step_fn='harness', ops={'kernels': kernels}),
+      compiled=lambda ops, seconds: events.emit('eval_compile', seed=seed, step_fn='harness', ops=ops,
+                                                compile_seconds=seconds),
+      first_run=lambda seconds: events.emit('first_eval', seed=seed, step_fn='harness', seconds=seconds))
   result = harness.evaluate_model(
       run.model, run.tokenizer, present['fitness'], limit, held_out=present['held_out'],
       data_dir=str(data_dir), data_source='local', max_length=run.seq_len,
-      compute_dtype=str(config.train.compute_dtype))
+      compute_dtype=str(config.train.compute_dtype), watch=watch)
   higher = {n: r.higher_is_better for n, r in result.tasks.items()}
   return {'fitness': result.fitness, 'held_out': result.held_out, 'higher_is_better': higher,
           'timing': result.timing, 'skipped': skipped}
@@ -169,7 +177,7 @@ def child_main(workdir: str) -> int:
     if spec and (spec.get('tasks') or spec.get('held_out')):
       events.emit('eval_start', seed=seed)
       try:
-        scores = _evaluate(config, run_dir, spec)
+        scores = _evaluate(config, run_dir, spec, events, seed)
       except BaseException as e:  # pylint: disable=broad-except
         _report_error(events, 'eval', seed, e)
         return EXIT_REPORTED_ERROR

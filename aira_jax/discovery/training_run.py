@@ -28,6 +28,10 @@ POLL_S = 0.1
 LOG_TAIL_CHARS = 12_000  # stderr kept in the error log handed to the Debugger
 DIAG_TAIL_CHARS = 3_000  # stderr kept in a failed experiment's diagnostics
 DIAG_LOG_CHARS = 8_000  # error log (traceback + output) kept there
+# Records (the trainer's metrics.jsonl) and events (the harness's, from the child) that start and stop the
+# first-run clock: a step must finish its first run within first_step_timeout_s of compiling.
+FIRST_RUN_RECORDS = ('kernel_check', 'compile', 'eval_compile', 'first_step', 'first_eval')
+STEP_NAMES = {'train': 'training step', 'eval': 'evaluation step', 'harness': 'benchmark scoring step'}
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Variables a training child may inherit: device selection, XLA/JAX tuning, and where task data lives.
 PASSED_ENV = ('CUDA_VISIBLE_DEVICES', 'LD_LIBRARY_PATH', 'XLA_FLAGS', 'XLA_PYTHON_CLIENT_PREALLOCATE',
@@ -65,8 +69,8 @@ class RunLimits:
   divergence_factor: float = 3.0
   divergence_patience: int = 2
   # The first step must finish this long after the trainer's compile record, and the kernel self-test and the
-  # compile that follows it this long after its kernel_check record; the same for the first evaluation step after
-  # its own records (0: off).
+  # compile that follows it this long after its kernel_check record; the same for the first validation step and
+  # for each harness scorer's first batch after their own records (FIRST_RUN_RECORDS; 0: off).
   first_step_timeout_s: float = 0.0
 
 
@@ -160,9 +164,8 @@ class _Monitor:
     self.last_metrics: dict[str, Any] | None = None
     self.loss_failure: fl.Failure | None = None
     self.kernels: set[str] = set()  # from the trainer's 'compile' records and the seeds' summaries
-    # The first-run clock: a step just compiled (or about to run its kernels' self-test) must finish its first run
-    # within first_step_timeout_s. Started by 'kernel_check', 'compile' or 'eval_compile', stopped by 'first_step'
-    # or 'first_eval'; clock_from names the record that started it and clock_step the step: 'train' or 'eval'.
+    # The first-run clock (FIRST_RUN_RECORDS): started by 'kernel_check', 'compile' or 'eval_compile', stopped by
+    # 'first_step' or 'first_eval'; clock_from names the record that started it, clock_step the step (STEP_NAMES).
     self.compiled_at: float | None = None
     self.first_step_done = False
     self.clock_from, self.clock_step = 'compile', 'train'
@@ -177,6 +180,7 @@ class _Monitor:
       self.metrics[int(seed)] = JsonlTail(path)
       self.watch[int(seed)] = fl.LossWatch(self.limits.divergence_factor, self.limits.divergence_patience)
     elif kind == 'seed_done':
+      self.read_metrics()  # the trainer's last records come before the harness's events
       self.outcome.summaries[int(seed)] = summary = event.get('summary') or {}
       self._note_kernels(summary.get('ops'))
     elif kind == 'eval_start':
@@ -184,12 +188,26 @@ class _Monitor:
     elif kind == 'eval_done':
       self.outcome.evals[int(seed)] = event.get('scores') or {}
       self.phase = 'train'  # the next seed_start restarts the clock
+    elif kind in FIRST_RUN_RECORDS:  # the harness's scorers, one per batch shape
+      self._first_run(kind, event)
     elif kind == 'device':
       self.outcome.kernel_scope = str(event.get('scope') or '')
     elif kind == 'error':
       self.error = event
     elif kind == 'done':
       self.done = True
+
+  def _first_run(self, kind: str, record: dict[str, Any]) -> None:
+    """A step about to run its kernels for the first time (the self-test runs kernels too: it may hang), or one
+    whose first run has finished."""
+    if kind in ('first_step', 'first_eval'):
+      self.first_step_done = True
+      return
+    self._note_kernels(record.get('ops'))
+    self.compiled_at, self.first_step_done = time.monotonic(), False
+    self.clock_from = kind
+    step_fn = record.get('step_fn')
+    self.clock_step = step_fn if step_fn in STEP_NAMES else ('eval' if kind == 'eval_compile' else 'train')
 
   def _note_kernels(self, ops: Any) -> None:
     if isinstance(ops, dict) and isinstance(ops.get('kernels'), list):
@@ -198,14 +216,8 @@ class _Monitor:
   def read_metrics(self) -> None:
     for seed, tail in self.metrics.items():
       for record in tail.read():
-        kind = record.get('kind')
-        if kind in ('kernel_check', 'compile', 'eval_compile'):  # the self-test runs kernels too: it may hang
-          self._note_kernels(record.get('ops'))
-          self.compiled_at, self.first_step_done = time.monotonic(), False
-          self.clock_from = kind
-          self.clock_step = 'eval' if kind == 'eval_compile' or record.get('step_fn') == 'eval' else 'train'
-        elif kind in ('first_step', 'first_eval'):
-          self.first_step_done = True
+        if record.get('kind') in FIRST_RUN_RECORDS:
+          self._first_run(record['kind'], record)
         if record.get('kind') != 'train' or 'loss' not in record or self.loss_failure is not None:
           continue  # after a NaN or divergence, the diagnostics keep the metrics of that step
         self.last_metrics = {'seed': seed, **record}
@@ -222,7 +234,7 @@ class _Monitor:
 
   def deadline_passed(self, now: float) -> tuple[str, float] | None:
     first = self.limits.first_step_timeout_s
-    if (self.phase == 'train' and first > 0 and self.compiled_at is not None and not self.first_step_done
+    if (self.phase in ('train', 'eval') and first > 0 and self.compiled_at is not None and not self.first_step_done
         and now - self.compiled_at > first):
       return FIRST_STEP, first
     limit = self.limits.eval_timeout_s if self.phase == 'eval' else self.limits.timeout_s
@@ -301,12 +313,12 @@ def _conclude(outcome: RunOutcome, monitor: _Monitor, killed: tuple[str, Any] | 
                          f'limit of {limits.memory_mb} MB ({where}); avoid materialising huge tensors such as '
                          f'[T, T] per head or a state per time step', {})
   elif killed and killed[0] == 'timeout' and killed[1][0] == FIRST_STEP:
-    step_fn = 'evaluation' if monitor.clock_step == 'eval' else 'training'
+    step_fn = STEP_NAMES[monitor.clock_step]
     if monitor.clock_from == 'kernel_check':
-      what = (f'the Pallas kernel self-test of the {step_fn} step (one call of each kernel against its XLA op) '
+      what = (f'the Pallas kernel self-test of the {step_fn} (one call of each kernel against its XLA op) '
               f'did not finish within {killed[1][1]:.0f} s ({where}): a kernel that hangs')
     else:
-      what = (f'the first {step_fn} step did not finish within {killed[1][1]:.0f} s of compiling ({where}): a step '
+      what = (f'the first {step_fn} did not finish within {killed[1][1]:.0f} s of compiling ({where}): a step '
               f'that hangs, or a design far too slow for any budget')
     failure = fl.Failure(fl.TIMEOUT, f'timed out: {what}', {'stage': FIRST_STEP, 'step_fn': monitor.clock_step})
   elif killed and killed[0] == 'timeout':

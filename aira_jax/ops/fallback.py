@@ -15,6 +15,7 @@ the kernels aside when the loss or any parameter's gradient disagrees beyond wha
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable
@@ -103,31 +104,44 @@ def _set_aside(kernels: list[str], why: str) -> dict[str, str]:
   return aside
 
 
+@dataclasses.dataclass(frozen=True)
+class FirstRunWatch:
+  """What a step compiled at its first call tells a watcher (the trainer's metrics, the training child's events),
+  so that a kernel that hangs is told from a slow compile: `self_test(kernels)` before the kernel self-test runs
+  kernels, `compiled(ops, seconds)` once compiled (self-test included) and about to run, `first_run(seconds)` once
+  that first run has finished."""
+  self_test: Callable[[list[str]], None] | None = None
+  compiled: Callable[[dict[str, Any], float], None] | None = None
+  first_run: Callable[[float], None] | None = None
+
+
 class CompileOnFirstCall:
   """A jitted step built by `build()` and compiled, through compile_step, for the arguments of its first call;
   later calls must bring the same shapes and shardings (an evaluation step over equal batches). `.ops` says which
-  kernels it runs or set aside (None before the first call). `on_self_test(kernels)` is told before the
-  self-test runs kernels, `on_compiled(ops, seconds)` once the step is compiled (self-test included) and about to
-  run for the first time: a watcher can then tell a kernel that hangs from a slow compile."""
+  kernels it runs or set aside (None before the first call). With a `watch`, the first call also waits for its
+  result, to report when it finished."""
 
-  def __init__(self, build: Callable[[], Any], *, self_test: bool = True,
-               on_self_test: Callable[[list[str]], None] | None = None,
-               on_compiled: Callable[[dict[str, Any], float], None] | None = None):
+  def __init__(self, build: Callable[[], Any], *, self_test: bool = True, watch: FirstRunWatch | None = None):
     self._build = build
     self._self_test = self_test
-    self._on_self_test = on_self_test
-    self._on_compiled = on_compiled
+    self._watch = watch or FirstRunWatch()
     self._compiled = None
     self.ops: dict[str, Any] | None = None
 
   def __call__(self, *args):
-    if self._compiled is None:
-      t0 = time.time()
-      _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile(),
-                                                 self_test=self._self_test, on_self_test=self._on_self_test)
-      if self._on_compiled is not None:
-        self._on_compiled(self.ops, time.time() - t0)
-    return self._compiled(*args)
+    if self._compiled is not None:
+      return self._compiled(*args)
+    watch, t0 = self._watch, time.time()
+    _, self._compiled, self.ops = compile_step(self._build, lambda step: step.lower(*args).compile(),
+                                               self_test=self._self_test, on_self_test=watch.self_test)
+    if watch.compiled is not None:
+      watch.compiled(self.ops, time.time() - t0)
+    t1 = time.time()
+    out = self._compiled(*args)
+    if watch.first_run is not None:
+      jax.block_until_ready(out)
+      watch.first_run(time.time() - t1)
+    return out
 
 
 def merge_ops(*infos: dict[str, Any] | None) -> dict[str, Any]:

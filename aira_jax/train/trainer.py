@@ -70,15 +70,12 @@ class _LearningRates:
     return self._table[min(step, len(self._table) - 1)]
 
 
-def _eval(eval_fn, state, eval_batches, batch_sh, after_first: Callable[[], None] | None = None) -> dict[str, float]:
-  """Validation loss and bits per byte over the eval batches; `after_first()` runs once the first batch is done."""
+def _eval(eval_fn, state, eval_batches, batch_sh) -> dict[str, float]:
   sums = {'nll_sum': 0.0, 'weight_sum': 0.0, 'byte_sum': 0.0}
   rows = shd.host_slice(eval_batches[0]['tokens'].shape[0])
-  for i, batch in enumerate(eval_batches):
+  for batch in eval_batches:
     local = {k: np.asarray(batch[k])[rows] for k in ('tokens', 'weights', 'bytes')}
     out = jax.device_get(eval_fn(state.params, state.rest, shd.make_global_batch(local, batch_sh)))
-    if i == 0 and after_first is not None:
-      after_first()
     for k in sums:
       sums[k] += float(out[k])  # float64 accumulation across batches
   loss = sums['nll_sum'] / max(sums['weight_sum'], 1.0)
@@ -186,15 +183,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   except BaseException:
     writer.close()
     raise
-  # The evaluation step is compiled at the first evaluation, and its forward may run kernels (or kernel variants)
-  # the train step does not: it announces itself the same way, 'kernel_check' then 'eval_compile' before its first
-  # batch and 'first_eval' after it, so a watcher can end an evaluation that hangs as it ends a first step.
-  eval_step = kernel_fallback.CompileOnFirstCall(
-      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype), self_test=tc.check_kernel_ops,
-      on_self_test=lambda kernels: writer.write(step, {'step_fn': 'eval', 'ops': {'kernels': kernels}},
-                                                kind='kernel_check'),
-      on_compiled=lambda ops, seconds: writer.write(step, {'compile_seconds': seconds, 'ops': ops},
-                                                    kind='eval_compile'))
   compile_seconds = time.time() - t0
   logging.info('Compiled train_step in %.1f s', compile_seconds)
   flops_per_step = metrics_lib.step_flops(compiled, setup, model_cfg, tc, tokens_per_step)
@@ -207,6 +195,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   # knows which Pallas kernels were in use if the run fails in a step).
   writer.write(step, {'compile_seconds': compile_seconds, 'flops_per_step': flops_per_step, 'ops': ops_info},
                kind='compile')
+  # The evaluation step is compiled at the first evaluation, and its forward may run kernels (or kernel variants)
+  # the train step does not: it announces itself the same way, 'kernel_check' then 'eval_compile' before its first
+  # batch and 'first_eval' after it, so a watcher can end an evaluation that hangs as it ends a first step.
+  eval_step = kernel_fallback.CompileOnFirstCall(
+      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype), self_test=tc.check_kernel_ops,
+      watch=kernel_fallback.FirstRunWatch(
+          self_test=lambda kernels: writer.write(step, {'step_fn': 'eval', 'ops': {'kernels': kernels}},
+                                                 kind='kernel_check'),
+          compiled=lambda ops, seconds: writer.write(step, {'compile_seconds': seconds, 'ops': ops},
+                                                     kind='eval_compile'),
+          first_run=lambda seconds: writer.write(step, {'seconds': seconds}, kind='first_eval')))
   progress_every = tc.progress_every or tc.log_every
   last_eval: dict[str, float] = {}
   t_loop = time.time()
@@ -237,14 +236,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       iterator, lambda local: shd.make_global_batch(local, batch_sh), depth=tc.prefetch)
   last_saved = start_step if latest is not None else None
   eval_step_done = None
-
-  def first_eval() -> Callable[[], None] | None:
-    """Before the first evaluation: what writes its 'first_eval' record once its first batch is done."""
-    if eval_step.ops is not None:
-      return None
-    t_eval = time.time()
-    return lambda: writer.write(step, {'seconds': time.time() - t_eval}, kind='first_eval')
-
   try:
     while (reason := stop_reason()) is None:
       try:
@@ -298,7 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
         jax.block_until_ready(step_metrics)  # so queued train steps are not counted as pause
       t_pause = time.time()
       if eval_due:
-        last_eval = _eval(eval_step, state, eval_batches, batch_sh, first_eval())
+        last_eval = _eval(eval_step, state, eval_batches, batch_sh)
         eval_step_done = step
         writer.write(step, last_eval, kind='eval')
       if checkpointer.save(step, state, data_json()):
@@ -317,7 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
     if step_metrics is not None:
       final_loss = float(jax.device_get(step_metrics)['loss'])
     if eval_batches and eval_step_done != step:
-      last_eval = _eval(eval_step, state, eval_batches, batch_sh, first_eval())
+      last_eval = _eval(eval_step, state, eval_batches, batch_sh)
       writer.write(step, last_eval, kind='eval')
     if step > start_step and last_saved != step:
       checkpointer.save(step, state, data_json(), force=True)

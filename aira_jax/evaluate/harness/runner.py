@@ -21,6 +21,7 @@ from aira_jax.evaluate.harness import requests as req_lib
 from aira_jax.evaluate.harness.registry import get_task
 from aira_jax.evaluate.harness.scorer import Scorer, ScorerConfig
 from aira_jax.evaluate.harness.task import LOGLIKELIHOOD, ROLLING, Doc, Request, Task
+from aira_jax.ops.fallback import FirstRunWatch
 
 DEFAULT_TASKS = ('arc_easy', 'arc_challenge', 'boolq', 'hellaswag', 'piqa', 'social_iqa', 'winogrande',
                  'lambada_openai', 'wikitext')
@@ -232,14 +233,16 @@ def evaluate_model(model, tokenizer, tasks: Sequence[str | Task] = DEFAULT_TASKS
                    *, held_out: Sequence[str] = (), num_fewshot: int = 0, sample_seed: int | None = None,
                    data_dir: str | None = None, data_source: str = 'auto', max_length: int = 2048,
                    compute_dtype: str = 'float32', max_batch_tokens: int = 0, mesh=None,
-                   prefix_token_id: int | None = None, log_samples: bool = False) -> HarnessResult:
+                   prefix_token_id: int | None = None, log_samples: bool = False,
+                   watch: FirstRunWatch | None = None) -> HarnessResult:
   """Evaluates an nnx LanguageModel (tokens [B, T] -> logits [B, T, V]) on the harness tasks.
 
   Returns a HarnessResult: `.fitness` / `.held_out` map task -> {metric: value}; `.to_dict()` is the JSON form.
+  `watch` is told when each batch shape's scorer is compiled and when its first batch is done.
   """
   scorer = Scorer(model, ScorerConfig(max_length=max_length, max_batch_tokens=max_batch_tokens,
                                       compute_dtype=compute_dtype, pad_id=max(int(tokenizer.pad_id), 0)),
-                  mesh=mesh)
+                  mesh=mesh, watch=watch)
   config = EvalConfig(limit=limit, sample_seed=sample_seed, num_fewshot=num_fewshot, data_dir=data_dir,
                       data_source=data_source, log_samples=log_samples)
   return evaluate(scorer, tokenizer, tasks, config, held_out=held_out, prefix_token_id=prefix_token_id)

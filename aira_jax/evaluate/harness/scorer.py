@@ -76,8 +76,10 @@ def _cast(tree: Any, dtype: Any) -> Any:
 class Scorer:
   """Scores rows with one model: `score(rows) -> (log-likelihood float64 [N], is_greedy bool [N])`."""
 
-  def __init__(self, model: nnx.Module, config: ScorerConfig = ScorerConfig(), *, mesh: Mesh | None = None):
+  def __init__(self, model: nnx.Module, config: ScorerConfig = ScorerConfig(), *, mesh: Mesh | None = None,
+               watch: fallback.FirstRunWatch | None = None):
     self.config = config
+    self.watch = watch  # told of each batch shape's compile and first run (a watcher can end a kernel that hangs)
     self.mesh = mesh if mesh is not None else _default_mesh()
     self.batch_axes = tuple(a for a in self.mesh.axis_names if a in ('data', 'fsdp')) or (self.mesh.axis_names[0],)
     self.shards = math.prod(self.mesh.shape[a] for a in self.batch_axes)
@@ -120,7 +122,7 @@ class Scorer:
     key = tuple(placed[0].shape)
     if key not in self._steps:
       self._steps[key] = fallback.CompileOnFirstCall(
-          lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)))
+          lambda: jax.jit(self._score_fn, out_shardings=(self.batch_sharding, self.batch_sharding)), watch=self.watch)
     return self._steps[key]
 
   def _place(self, state: nnx.State) -> Any:
