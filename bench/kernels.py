@@ -14,6 +14,9 @@ Floors (written out, per head-token, chunk C = 64, bf16 inputs, fp32 decays/beta
   FLOPs, forward, matmuls as a chunked kernel executes them (masked halves included):
     simple_gla        2C(Dk+Dv) + 4 Dk Dv                       (QK^T, AV; QS, K^T V)
     delta rules       2C(3Dk+2Dv) + 6 Dk Dv + (2/3) C^2         (KK^T, W=TK, U=TV, QK^T, AU; WS, QS, K^T U; inverse)
+  (2/3) C^2 is the triangular inverse's algorithmic cost. The kernels spend more on it: 19 fp32 C x C x C
+  matmuls per chunk (38 C^2 per head-token, chunk_math.unit_lower_inverse), masked and dependent, bought for a
+  short chain; the floor does not charge that choice (the Mosaic TPU kernels' cost estimates count it).
   fwd+bwd FLOPs = 3 x forward (backward ~ twice forward, the usual matmul count).
   Bytes: compulsory traffic, each tensor read or written once: forward reads q, k, v (2 B/elt) and the gates
   (4 B each), writes o; the backward also reads do and q, k, v, gates again and writes dq, dk, dv, d-gates.
