@@ -10,8 +10,9 @@ full traceback, the program line), done. The parent enforces time and memory lim
 metrics JSONL for NaN and divergence, and kills this process (its whole group) when a limit is crossed.
 
 Like the Checker's sandbox, the child lowers its own core and address-space limits and installs the runtime guard
-(aira_jax.discovery.runtime_guard.RuntimeGuard) after JAX, the trainer and the harness are imported and before the design
-program is loaded, so the program's own code cannot touch files, processes or the network while it trains.
+(aira_jax.discovery.runtime_guard.RuntimeGuard) after JAX, the trainer and the harness are imported and before
+the design program is loaded, so the program's own code cannot touch files, processes or the network while it
+trains.
 """
 from __future__ import annotations
 

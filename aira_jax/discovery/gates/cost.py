@@ -1,9 +1,9 @@
 """Gate 6: sub-quadratic cost in sequence length.
 
-The mixer's forward is traced and compiled (never run) at two or more lengths (default 2048 and 8192). Metrics: our own jaxpr FLOP and
-data-movement counts (scan bodies times their length, see aira_jax.ops.jaxpr_cost), and XLA's cost_analysis() FLOPs and bytes
-and memory_analysis() temporaries. Each metric's exponent is log(c(T2)/c(T1)) / log(T2/T1) on the last pair; the
-worst one decides: T and T log T sit near 1-1.2, T^2 near 2.
+The mixer's forward is traced and compiled (never run) at two or more lengths (default 2048 and 8192). Metrics:
+our own jaxpr FLOP and data-movement counts (scan bodies times their length, see aira_jax.ops.jaxpr_cost), and
+XLA's cost_analysis() FLOPs and bytes and memory_analysis() temporaries. Each metric's exponent is
+log(c(T2)/c(T1)) / log(T2/T1) on the last pair; the worst one decides: T and T log T sit near 1-1.2, T^2 near 2.
 
 Trusted ops are costed as they run: `ops.attention(..., sliding_window=W)` takes its banded O(T W) path on the
 CPU where the check runs, so a fixed-window attention measures linear and full attention quadratic.
