@@ -15,25 +15,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from aira_jax.ops import fallback as kernel_fallback
 from aira_jax.train import checkpoint as ckpt_lib
+from aira_jax.train import compiled_steps
 from aira_jax.train import metrics as metrics_lib
 from aira_jax.train import prefetch as prefetch_lib
 from aira_jax.train import schedules
 from aira_jax.train import sharding as shd
 from aira_jax.train import state as state_lib
-from aira_jax.train import steps as steps_lib
+from aira_jax.train import validation
 from aira_jax.train.validate import validate_config
 
 _PROVISIONAL_TOTAL = 1 << 30  # schedule length before a seconds-only budget is estimated
@@ -68,19 +67,6 @@ class _LearningRates:
 
   def __call__(self, step: int) -> np.float32:
     return self._table[min(step, len(self._table) - 1)]
-
-
-def _eval(eval_fn, state, eval_batches, batch_sh) -> dict[str, float]:
-  sums = {'nll_sum': 0.0, 'weight_sum': 0.0, 'byte_sum': 0.0}
-  rows = shd.host_slice(eval_batches[0]['tokens'].shape[0])
-  for batch in eval_batches:
-    local = {k: np.asarray(batch[k])[rows] for k in ('tokens', 'weights', 'bytes')}
-    out = jax.device_get(eval_fn(state.params, state.rest, shd.make_global_batch(local, batch_sh)))
-    for k in sums:
-      sums[k] += float(out[k])  # float64 accumulation across batches
-  loss = sums['nll_sum'] / max(sums['weight_sum'], 1.0)
-  bpb = sums['nll_sum'] / math.log(2) / max(sums['byte_sum'], 1.0)
-  return {'val_loss': loss, 'val_bpb': bpb, 'val_tokens': sums['weight_sum']}
 
 
 SPM_FILE = 'tokenizer.model'
@@ -127,7 +113,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   tx = schedules.make_optimizer(tc)
   setup = state_lib.setup_state(builders.build_model, model_cfg, config.seed, tx, mesh,
                                 builders.count_params)
-  compute_dtype = jnp.dtype(tc.compute_dtype)
   batch_sh = shd.batch_sharding(mesh)
 
   iterator = builders.make_train_iterator(
@@ -138,7 +123,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
     eval_batches = builders.make_eval_batches(
         config.data, tokenizer, seq_len=tc.seq_len,
         batch_size=tc.eval_batch_size or tc.global_batch, num_batches=tc.eval_batches)
-  unigram = _unigram_entropy(eval_batches)
+  unigram = validation.unigram_entropy(eval_batches)
   if unigram is not None:
     logging.info('Validation targets: unigram entropy %.4f nats/token (the loss of a context-free model)',
                  unigram)
@@ -166,46 +151,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
   start_step = step
 
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=tc.tensorboard)
-  # Compile once up front: cost analysis for FLOPs, and compile time kept out of throughput. A Pallas kernel that
-  # fails to compile, or fails its self-test against the XLA op (check_kernel_ops; or with check_kernels the
-  # whole model's), is set aside: XLA ops (aira_jax.ops.fallback). Before the self-test runs the kernels, a
-  # 'kernel_check' record says which: a watcher then knows they ran if the process dies or hangs in it.
-  t0 = time.time()
   try:
-    _, compiled, ops_info = kernel_fallback.compile_checked(
-        lambda: steps_lib.make_train_step(setup, tx, mesh, compute_dtype=compute_dtype, grad_accum=tc.grad_accum),
-        lambda step: step.lower(setup.abstract, {'tokens': jax.ShapeDtypeStruct(
-            (tc.global_batch, tc.seq_len + 1), jnp.int32, sharding=batch_sh)},
-            jax.ShapeDtypeStruct((), jnp.float32)).compile(),
-        _kernel_check(tc, setup, state, model_cfg, batch_sh, compute_dtype, pc), self_test=tc.check_kernel_ops,
-        on_self_test=lambda kernels: writer.write(step, {'step_fn': 'train', 'ops': {'kernels': kernels}},
-                                                  kind='kernel_check'))
+    step_fns = compiled_steps.compile_steps(tc, setup, tx, mesh, state, model_cfg, batch_sh, tokens_per_step,
+                                            writer, current_step=lambda: step)
   except BaseException:
     writer.close()
     raise
-  compile_seconds = time.time() - t0
-  logging.info('Compiled train_step in %.1f s', compile_seconds)
-  flops_per_step = metrics_lib.step_flops(compiled, setup, model_cfg, tc, tokens_per_step)
-  if ops_info['kernels']:  # a kernel is a custom call: XLA's cost analysis counts nothing inside it
-    logging.info("XLA's cost analysis leaves out the work inside the Pallas kernel(s) %s: where its count is "
-                 'used, MFU is a lower bound', ', '.join(ops_info['kernels']))
+  compiled, eval_step = step_fns.train, step_fns.eval
   peak = metrics_lib.peak_flops_per_device()
   num_devices = jax.device_count()
-  # Before the first step: what the step runs (a watcher of this file, e.g. the Engineer's parent process, then
-  # knows which Pallas kernels were in use if the run fails in a step).
-  writer.write(step, {'compile_seconds': compile_seconds, 'flops_per_step': flops_per_step, 'ops': ops_info},
-               kind='compile')
-  # The evaluation step is compiled at the first evaluation, and its forward may run kernels (or kernel variants)
-  # the train step does not: it announces itself the same way, 'kernel_check' then 'eval_compile' before its first
-  # batch and 'first_eval' after it, so a watcher can end an evaluation that hangs as it ends a first step.
-  eval_step = kernel_fallback.CompileOnFirstCall(
-      lambda: steps_lib.make_eval_step(setup, mesh, compute_dtype=compute_dtype), self_test=tc.check_kernel_ops,
-      watch=kernel_fallback.FirstRunWatch(
-          self_test=lambda kernels: writer.write(step, {'step_fn': 'eval', 'ops': {'kernels': kernels}},
-                                                 kind='kernel_check'),
-          compiled=lambda ops, seconds: writer.write(step, {'compile_seconds': seconds, 'ops': ops},
-                                                     kind='eval_compile'),
-          first_run=lambda seconds: writer.write(step, {'seconds': seconds}, kind='first_eval')))
   progress_every = tc.progress_every or tc.log_every
   last_eval: dict[str, float] = {}
   t_loop = time.time()
@@ -275,8 +229,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
         t_mark, step_mark, paused = now, step, 0.0
         m.update(lr=float(lrs(step - 1)), step_time=dt, tokens_per_sec=tokens_per_step / dt,
                  tokens=step * tokens_per_step)
-        if peak and flops_per_step:
-          m['mfu'] = flops_per_step / dt / (peak * num_devices)
+        if peak and step_fns.flops_per_step:
+          m['mfu'] = step_fns.flops_per_step / dt / (peak * num_devices)
         mem, mem_key = metrics_lib.peak_memory_bytes()
         m[mem_key] = mem
         if step % tc.log_every == 0:
@@ -289,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
         jax.block_until_ready(step_metrics)  # so queued train steps are not counted as pause
       t_pause = time.time()
       if eval_due:
-        last_eval = _eval(eval_step, state, eval_batches, batch_sh)
+        last_eval = validation.evaluate_batches(eval_step, state, eval_batches, batch_sh)
         eval_step_done = step
         writer.write(step, last_eval, kind='eval')
       if checkpointer.save(step, state, data_json()):
@@ -308,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
     if step_metrics is not None:
       final_loss = float(jax.device_get(step_metrics)['loss'])
     if eval_batches and eval_step_done != step:
-      last_eval = _eval(eval_step, state, eval_batches, batch_sh)
+      last_eval = validation.evaluate_batches(eval_step, state, eval_batches, batch_sh)
       writer.write(step, last_eval, kind='eval')
     if step > start_step and last_saved != step:
       checkpointer.save(step, state, data_json(), force=True)
@@ -330,9 +284,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       'tokens_per_sec': (step - start_step) * tokens_per_step / max(train_seconds, 1e-9),
       'params': setup.num_params,
       'param_counts': setup.param_counts,
-      'flops_per_step': flops_per_step,
-      'compile_seconds': compile_seconds,
-      'ops': kernel_fallback.merge_ops(ops_info, eval_step.ops),
+      'flops_per_step': step_fns.flops_per_step,
+      'compile_seconds': step_fns.compile_seconds,
+      'ops': kernel_fallback.merge_ops(step_fns.ops, eval_step.ops),
       'stop_reason': reason,
       'resumed_from_step': start_step or None,
       'devices': num_devices,
@@ -343,42 +297,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, builders: Builders
       json.dump(summary, f, indent=2, default=str)
   logging.info('Summary: %s', summary)
   return summary
-
-
-def _kernel_check(tc: Any, setup: Any, state: Any, model_cfg: Any, batch_sh: Any, compute_dtype: Any,
-                  process_count: int) -> Callable[[], dict[str, Any]] | None:
-  """train.check_kernels: one forward+backward on random tokens, Pallas kernels vs XLA ops (single host)."""
-  if not tc.check_kernels:
-    return None
-  if process_count > 1:
-    logging.info('check_kernels: skipped on a multi-host run')
-    return None
-  shape = (tc.global_batch // tc.grad_accum, tc.seq_len + 1)
-  precision = 'float32' if compute_dtype == jnp.float32 else 'low'
-  return lambda: kernel_fallback.compare_with_xla(
-      lambda: steps_lib.make_loss_and_grad(setup.graphdef, compute_dtype=compute_dtype),
-      (state.params, state.rest, kernel_fallback.random_tokens(shape, model_cfg.vocab_size, batch_sh)),
-      precision=precision)
-
-
-def _unigram_entropy(eval_batches: list[dict]) -> float | None:
-  """Entropy (nats/token) of the empirical unigram distribution of the weighted validation targets.
-
-  The yardstick a trained model must beat: the loss of the best model that ignores context.
-  """
-  counts: dict[int, float] = {}
-  for b in eval_batches:
-    targets = np.asarray(b['tokens'])[:, 1:].ravel()
-    weights = np.asarray(b['weights'], np.float64).ravel()
-    ids, inv = np.unique(targets, return_inverse=True)
-    sums = np.bincount(inv, weights=weights)
-    for i, w in zip(ids.tolist(), sums.tolist()):
-      counts[i] = counts.get(i, 0.0) + w
-  total = sum(counts.values())
-  if total <= 0:
-    return None
-  p = np.array([c for c in counts.values() if c > 0]) / total
-  return float(-(p * np.log(p)).sum())
 
 
 def _check_batch(tc: Any, mesh: Any, process_count: int) -> None:
